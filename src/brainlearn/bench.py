@@ -1,0 +1,100 @@
+"""``brainlearn bench``: time one method and compare it, in the same run, with its plain reference.
+
+Methods register here as ``name -> function(config, run) -> metrics``. Each writes ``bench.json`` and a Markdown
+table ``bench.md`` into the run folder. Ratios are measured within one run: these machines are shared and noisy,
+so only the ratio between two things timed side by side is worth reporting from a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainlearn.atomic import write_json, write_text
+from brainlearn.errors import BrainlearnError
+
+log = logging.getLogger(__name__)
+
+
+def bench_cache_read(config: dict[str, Any], run) -> dict[str, Any]:
+    """Volumes per second read from the cache vs straight from the ``.nii.gz`` files, on the same volumes."""
+    import pandas as pd
+
+    from brainlearn.data.cache import Cache, build_cache
+    from brainlearn.data.cache_bench import benchmark_cache_read
+
+    paths = write_benchmark_volumes(run.root / "inputs", n=config["n"], size=config["size"])
+    table = pd.DataFrame(
+        {"participant_id": [f"sub-{i:03d}" for i in range(len(paths))], "session_id": "ses-01", "t1": paths}
+    )
+    build_cache(table, run.root / "cache", modalities=("t1",), dtype=config["dtype"], canonical=True, progress=False)
+    result = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=config["repeats"])
+    rows = [
+        ("NIfTI (.nii.gz) read, reoriented, float32", result["direct_volumes_per_s"], 1.0),
+        (
+            f"cache ({config['dtype']} memmap) to float32 tensor",
+            result["cache_volumes_per_s"],
+            result["ratio"],
+        ),
+    ]
+    shape = "×".join(str(n) for n in _benchmark_shape(config["size"]))
+    lines = [
+        f"# cache-read benchmark: {config['n']} volumes of {shape} voxels, best of {config['repeats']}",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, `brainlearn bench "
+        f"--method cache-read --size {config['size']} --n {config['n']}`",
+        "",
+        "| reader | volumes/s | ratio |",
+        "|---|---|---|",
+        *[f"| {name} | {rate:.1f} | {ratio:.1f}× |" for name, rate, ratio in rows],
+    ]
+    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
+    log.info("\n%s", "\n".join(lines))
+    return {f"bench/cache-read/{key}": value for key, value in result.items()}
+
+
+def write_benchmark_volumes(folder: Path, *, n: int, size: int, seed: int = 0) -> list[str]:
+    """Write ``n`` brain-like gzip NIfTI volumes (nibabel's real T1 sample, upsampled, with noise); reuse them."""
+    from scipy import ndimage
+
+    from brainlearn.io import read_image, write_image
+    from brainlearn.samples import nibabel_sample
+
+    base = read_image(nibabel_sample("anatomical.nii"), canonical=True)
+    shape = _benchmark_shape(size)
+    zoom = [t / s for t, s in zip(shape, base.shape, strict=True)]
+    upsampled = ndimage.zoom(base.array, zoom, order=1).astype(np.float32)
+    affine = base.affine @ np.diag([1 / z for z in zoom] + [1.0])
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"sub-{i:03d}_T1w.nii.gz"
+        if not path.exists():
+            noisy = upsampled * rng.uniform(0.8, 1.2) + rng.normal(0, 50, shape).astype(np.float32)
+            write_image(path, noisy, affine)
+        paths.append(str(path))
+    return paths
+
+
+def _benchmark_shape(size: int) -> tuple[int, int, int]:
+    """A brain-shaped box (MNI 182×218×182 proportions) whose first edge is ``size``."""
+    return size, round(size * 218 / 182), size
+
+
+METHODS: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {"cache-read": bench_cache_read}
+
+
+def run_benchmarks(config: dict[str, Any], run) -> dict[str, Any]:
+    method = config["method"]
+    if method not in METHODS:
+        raise BrainlearnError(f"bench: unknown method {method!r}; known methods: {', '.join(sorted(METHODS))}.")
+    metrics = METHODS[method](config, run)
+    write_json(run.root / "bench.json", {"method": method, "config": config, "results": metrics})
+    log.info("look at: %s", run.root / "bench.md")
+    return metrics

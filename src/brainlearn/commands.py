@@ -1,0 +1,258 @@
+"""What each ``brainlearn`` subcommand does, in terms of the library; :mod:`brainlearn.cli` wires them up.
+
+Each function takes the resolved config and the open run folder and returns the metrics to record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from brainlearn.cli import Command
+from brainlearn.errors import BrainlearnError
+
+log = logging.getLogger("brainlearn")
+
+_INPUT_DEFAULTS = {"table": None, "bids": None}
+_INPUT_OPTIONS = (
+    ("--table", "table", {"metavar": "FILE", "help": "participants table (TSV/CSV)"}),
+    ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --table)"}),
+)
+
+
+def read_input_table(config: dict[str, Any], *, check_files: bool = True, on_missing: str = "error"):
+    """The participants table named by ``config['table']`` or ``config['bids']``."""
+    from brainlearn.data.bids import read_bids
+    from brainlearn.data.tables import read_table
+
+    labels = config.get("labels")
+    labels = tuple(labels) if labels else None
+    if config.get("table") and config.get("bids"):
+        raise BrainlearnError("give either --table or --bids, not both.")
+    if config.get("bids"):
+        return read_bids(config["bids"], labels=labels)
+    if config.get("table"):
+        return read_table(config["table"], labels=labels, check_files=check_files, on_missing=on_missing)
+    raise BrainlearnError("no input: give --table FILE (a participants table) or --bids DIR.")
+
+
+def run_table(config: dict[str, Any], run) -> dict[str, Any]:
+    """Import a table, a BIDS folder or document 000's pair lists into one checked participants table."""
+    import pandas as pd
+
+    from brainlearn.data.pairs import read_pairs
+    from brainlearn.data.tables import write_table
+
+    parts = []
+    if config["table"] or config["bids"]:
+        parts.append(read_input_table(config, check_files=config["check_files"]))
+    for item in config["pairs"]:
+        path, _, split = str(item).partition(":")
+        parts.append(read_pairs(path, split=split or None))
+    if not parts:
+        raise BrainlearnError("no input: give --table, --bids or --pairs FILE[:SPLIT].")
+    table = pd.concat(parts, ignore_index=True)
+    out = write_table(table, run.root / "participants.tsv")
+    log.info("wrote %s (%d rows, %d participants)", out, len(table), table["participant_id"].nunique())
+    return _table_counts(table)
+
+
+def run_split(config: dict[str, Any], run) -> dict[str, Any]:
+    """Assign subject-level train/val/test splits (and folds) and save the table."""
+    from brainlearn.data.splits import assign_folds, assign_splits
+    from brainlearn.data.tables import write_table
+
+    table = read_input_table(config)
+    stratify = config["stratify"] or None
+    table = assign_splits(table, val=config["val"], test=config["test"], stratify=stratify, seed=config["seed"])
+    if config["folds"]:
+        table = assign_folds(table, k=config["folds"], stratify=stratify, seed=config["seed"])
+    out = write_table(table, run.root / "participants.tsv")
+    log.info("wrote %s", out)
+    return _table_counts(table)
+
+
+def run_cache(config: dict[str, Any], run) -> dict[str, Any]:
+    """Turn a table of volumes into a memory-mapped cache (this run folder)."""
+    from brainlearn.data.cache import build_cache
+
+    table = read_input_table(config, on_missing="skip")
+    report = build_cache(
+        table,
+        run.root,
+        modalities=tuple(config["modalities"]),
+        dtype=config["dtype"],
+        canonical=config["canonical"],
+        progress=True,
+    )
+    log.info("cached %d volumes (%d skipped) in %s", report.n_volumes, report.n_skipped, run.root)
+    return {
+        "cache/volumes": report.n_volumes,
+        "cache/skipped": report.n_skipped,
+        "cache/bytes": report.bytes_written,
+        "cache/seconds": report.seconds,
+        "cache/skipped_subjects": [list(item) for item in report.skipped],
+    }
+
+
+def run_bench(config: dict[str, Any], run) -> dict[str, Any]:
+    from brainlearn.bench import run_benchmarks
+
+    return run_benchmarks(config, run)
+
+
+def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
+    from brainlearn.demo import run_demo as demo
+
+    return demo(config, run)
+
+
+def _table_counts(table) -> dict[str, Any]:
+    from brainlearn.data.tables import IMAGE_COLUMNS
+
+    counts: dict[str, Any] = {"rows": len(table), "participants": int(table["participant_id"].nunique())}
+    for column in IMAGE_COLUMNS:
+        if column in table:
+            counts[f"images/{column}"] = int(table[column].notna().sum())
+    for column in ("diagnosis", "split"):
+        if column in table:
+            values = table[column].fillna("none").astype(str)
+            counts.update({f"{column}/{k}": int(v) for k, v in values.value_counts().sort_index().items()})
+    if "split" in table and "diagnosis" in table:
+        crossed = table.fillna({"split": "none", "diagnosis": "none"}).groupby(["split", "diagnosis"]).size()
+        counts.update({f"split/{s}/{d}": int(n) for (s, d), n in crossed.items()})
+    return counts
+
+
+def add_check_command(subparsers) -> None:
+    """``brainlearn check``: read images the way every command does and report what was found (writes nothing)."""
+    sub = subparsers.add_parser(
+        "check", help="check that images read cleanly; print shape, spacing, orientation, range"
+    )
+    sub.add_argument("images", nargs="+", metavar="IMAGE")
+    sub.add_argument("--mask", metavar="FILE", help="a mask that must lie on the first image's grid")
+    sub.add_argument("--canonical", action="store_true", help="report after reorienting to RAS")
+    sub.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from brainlearn.io import read_image, read_mask
+
+    table = Table("file", "shape", "spacing (mm)", "orientation", "min", "max", "status")
+    failures = 0
+    first = None
+    for path in args.images:
+        try:
+            image = read_image(path, canonical=args.canonical)
+        except BrainlearnError as error:
+            failures += 1
+            table.add_row(str(path), "", "", "", "", "", f"[red]{error}[/red]")
+            continue
+        first = first or image
+        spacing = "×".join(f"{s:.3g}" for s in image.spacing)
+        lo, hi = float(image.array.min()), float(image.array.max())
+        table.add_row(str(path), str(image.shape), spacing, image.orientation, f"{lo:.4g}", f"{hi:.4g}", "ok")
+    Console().print(table)
+    if args.mask and first is not None:
+        read_mask(args.mask, like=first, canonical=args.canonical)
+        Console().print(f"mask {args.mask}: on the grid of {first.path}")
+    if failures:
+        raise BrainlearnError(f"{failures} of {len(args.images)} images failed the checks (see the table).")
+    return 0
+
+
+COMMANDS = (
+    Command(
+        name="table",
+        help="import a participants table, a BIDS folder or document 000's pair lists into one checked table",
+        defaults={
+            **_INPUT_DEFAULTS,
+            "pairs": [],
+            "labels": ["CN", "MCI", "AD"],
+            "check_files": True,
+            "out": "runs/table",
+        },
+        path_keys=("table", "bids", "out"),
+        run=run_table,
+        options=(
+            *_INPUT_OPTIONS,
+            (
+                "--pairs",
+                "pairs",
+                {"nargs": "+", "metavar": "FILE[:SPLIT]", "help": "pickled (mri, pet, label) lists"},
+            ),
+        ),
+    ),
+    Command(
+        name="split",
+        help="assign train/val/test splits (and k folds) by participant, stratified, with a leakage check",
+        defaults={
+            **_INPUT_DEFAULTS,
+            "labels": ["CN", "MCI", "AD"],
+            "val": 0.15,
+            "test": 0.15,
+            "folds": 0,
+            "stratify": "diagnosis",
+            "seed": 0,
+            "out": "runs/split",
+        },
+        path_keys=("table", "bids", "out"),
+        run=run_split,
+        options=(
+            *_INPUT_OPTIONS,
+            ("--val", "val", {"type": float, "help": "fraction of participants for validation (0.15)"}),
+            ("--test", "test", {"type": float, "help": "fraction of participants for testing (0.15)"}),
+            ("--folds", "folds", {"type": int, "help": "also assign K cross-validation folds"}),
+            ("--seed", "seed", {"type": int, "help": "random seed (0)"}),
+        ),
+    ),
+    Command(
+        name="cache",
+        help="turn a table of volumes into a memory-mapped cache that trains fast (bad subjects are skipped)",
+        defaults={
+            **_INPUT_DEFAULTS,
+            "labels": ["CN", "MCI", "AD"],
+            "modalities": ["t1"],
+            "dtype": "float16",
+            "canonical": True,
+            "out": "runs/cache",
+        },
+        path_keys=("table", "bids", "out"),
+        run=run_cache,
+        options=(
+            *_INPUT_OPTIONS,
+            ("--modalities", "modalities", {"nargs": "+", "help": "image columns to cache (t1)"}),
+            ("--dtype", "dtype", {"choices": ["float16", "uint8"], "help": "storage type (float16)"}),
+        ),
+    ),
+    Command(
+        name="bench",
+        help="time a method (training step, inference or data path) and compare it with its plain reference",
+        defaults={
+            "method": "cache-read",
+            "size": 96,
+            "n": 8,
+            "repeats": 3,
+            "dtype": "float16",
+            "out": "runs/bench",
+        },
+        path_keys=("out",),
+        run=run_bench,
+        options=(
+            ("--method", "method", {"help": "what to time (cache-read)"}),
+            ("--size", "size", {"type": int, "help": "volume edge in voxels (96)"}),
+            ("--n", "n", {"type": int, "help": "number of volumes (8)"}),
+        ),
+    ),
+    Command(
+        name="demo",
+        help="run the whole path on a small built-in cohort and show what to look at",
+        defaults={"out": "runs/demo", "seed": 0},
+        path_keys=("out",),
+        run=run_demo,
+    ),
+)

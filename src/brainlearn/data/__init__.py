@@ -1,0 +1,1 @@
+"""Data entering brainlearn: participants tables, BIDS folders, document 000's pair lists, splits."""

@@ -1,0 +1,288 @@
+"""Reading and writing brain images (NIfTI through nibabel), with the checks every caller relies on.
+
+An :class:`Image` is a float array plus its affine: the affine maps voxel indices to world coordinates in mm,
+and every image brainlearn writes keeps it. Every problem a real scan can have (missing, not an image, truncated,
+4D, NaNs, empty, singular affine, mask on another grid) ends in a :class:`BrainlearnError` that names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from brainlearn.atomic import atomic_path
+from brainlearn.errors import BrainlearnError
+
+# Refuse images larger than this before allocating them (a corrupt header can claim any size).
+MAX_VOXELS = 1024**3
+# Document 000 stores volumes as .npy arrays in MNI 1 mm space, without an affine.
+NPY_AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 3D image: voxel values, the voxel-to-world affine (mm), and where it came from.
+
+    Attributes:
+        array: voxel values, shape (X, Y, Z), float32 for images and integer for label maps.
+        affine: 4×4 matrix mapping voxel indices (i, j, k, 1) to world coordinates in mm.
+        path: the file it was read from, if any.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes such as ``'RAS'`` (the direction each array axis points towards)."""
+        return "".join(nib.aff2axcodes(self.affine))
+
+
+def read_image(
+    path: str | os.PathLike,
+    *,
+    canonical: bool = False,
+    volume: int | None = None,
+    allow_nonfinite: bool = False,
+    allow_empty: bool = False,
+) -> Image:
+    """Read a 3D image as float32 with its affine, checking it on the way.
+
+    Args:
+        path: a NIfTI-1/2 file (``.nii``, ``.nii.gz``) or any format nibabel reads (MGZ, MINC, Analyze);
+            ``.npy`` arrays (document 000's format) are read without pickle and get a 1 mm identity affine.
+        canonical: reorient to the closest RAS+ orientation (array axes point Right, Anterior, Superior).
+        volume: pick this volume of a 4D file; without it a 4D file is an error.
+        allow_nonfinite: keep NaN/Inf voxels instead of refusing the image.
+        allow_empty: accept an image whose voxels are all equal.
+
+    Raises:
+        BrainlearnError: for any of the problems listed in the module docstring.
+    """
+    path = Path(path)
+    img = _load(path)
+    _check_size(path, img.shape)
+    if path.name.endswith(".nii.gz"):
+        img = _verified_gzip(path, img)
+    affine = _checked_affine(path, img.affine)
+    data = _read_data(path, img, volume)
+    if canonical:
+        data, affine = _to_canonical(data, affine)
+    _check_values(path, data, allow_nonfinite=allow_nonfinite, allow_empty=allow_empty)
+    return Image(array=data, affine=affine, path=path)
+
+
+def read_mask(path: str | os.PathLike, *, like: Image | None = None, canonical: bool = False) -> Image:
+    """Read a label map (lesion mask, atlas) as integers, optionally checking it lies on ``like``'s grid.
+
+    Raises:
+        BrainlearnError: if the file is unreadable, holds non-integer labels, or lies on another grid.
+    """
+    image = read_image(path, canonical=canonical, allow_empty=True)
+    labels = np.rint(image.array)
+    if not np.allclose(labels, image.array, atol=1e-3):
+        raise BrainlearnError(
+            f"{path}: a mask must hold integer labels, found fractional values such as "
+            f"{_first_fractional(image.array):g}. Threshold probabilistic masks first (e.g. at 0.5)."
+        )
+    if labels.min() < 0:
+        raise BrainlearnError(f"{path}: a mask must hold labels >= 0, found {labels.min():g}.")
+    if labels.max() > np.iinfo(np.int32).max:
+        raise BrainlearnError(f"{path}: label {labels.max():g} is too large for a label map.")
+    dtype = np.uint8 if labels.max() <= 255 else np.int32
+    mask = Image(array=labels.astype(dtype), affine=image.affine, path=image.path)
+    if like is not None:
+        check_same_grid(like, mask)
+    return mask
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``array`` with ``affine`` as NIfTI-1 (gzip when the name ends in ``.gz``), atomically.
+
+    Integer arrays keep their integer type (label maps stay integer); floats are written as float32.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.dtype == np.float64 or array.dtype == np.float16:
+        array = array.astype(np.float32)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
+    return path
+
+
+def check_same_grid(image: Image, other: Image, *, atol: float = 1e-3) -> None:
+    """Raise if ``other`` does not lie voxel for voxel on ``image``'s grid (same shape and affine)."""
+    if image.shape[:3] == other.shape[:3] and np.allclose(image.affine, other.affine, atol=atol):
+        return
+    raise BrainlearnError(
+        f"{other.path}: not on the grid of {image.path}: shape {other.shape[:3]} vs {image.shape[:3]}, "
+        f"spacing {_fmt(other.spacing)} vs {_fmt(image.spacing)} mm, origin {_fmt(other.affine[:3, 3])} vs "
+        f"{_fmt(image.affine[:3, 3])} mm. Resample it onto the image grid first (brainlearn preprocess does this)."
+    )
+
+
+def header_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The array shape an image file declares, read from its header alone (no voxel data)."""
+    path = Path(path)
+    return tuple(int(n) for n in _load(path).shape)
+
+
+def _load(path: Path) -> nib.spatialimages.SpatialImage | _NpyImage:
+    if not path.exists():
+        raise BrainlearnError(f"{path}: file not found. Check the path (paths in a table are relative to the table).")
+    if path.is_dir():
+        raise BrainlearnError(f"{path}: is a folder, expected an image file (.nii or .nii.gz).")
+    if path.suffix == ".npy":
+        return _NpyImage(path)
+    try:
+        return nib.load(path)
+    except (ImageFileError, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError) as error:
+        raise BrainlearnError(
+            f"{path}: not a NIfTI image or another format nibabel reads ({error}). "
+            "Convert scanner formats first (e.g. DICOM with dcm2niix)."
+        ) from error
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as error:
+        raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
+
+
+def _verified_gzip(path: Path, img):
+    """Decompress a ``.nii.gz`` to its end so its CRC is checked, then parse it from memory.
+
+    nibabel stops reading once it has the voxels, so a damaged deflate stream can otherwise yield wrong values
+    without any error. The header (already checked for size) bounds how much is decompressed.
+    """
+    header = img.header
+    expected = int(header.get_data_offset()) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
+    limit = expected + 2**20  # NIfTI extensions and padding
+    try:
+        with gzip.open(path, "rb") as stream:
+            data = stream.read(limit)
+            trailing = stream.read(1)
+    except (EOFError, OSError, zlib.error) as error:
+        raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
+    if trailing:
+        raise BrainlearnError(f"{path}: holds more data than its header declares ({expected:,} bytes); corrupt.")
+    try:
+        return type(img).from_bytes(data)
+    except (ImageFileError, nib.spatialimages.HeaderDataError, ValueError) as error:
+        raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
+
+
+class _NpyImage:
+    """A ``.npy`` array viewed like a nibabel image (document 000's preprocessed volumes)."""
+
+    def __init__(self, path: Path):
+        try:
+            self.dataobj = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as error:
+            raise BrainlearnError(
+                f"{path}: not a plain numeric .npy array ({_reason(error)}); brainlearn never loads pickled objects."
+            ) from error
+        except (OSError, EOFError) as error:
+            raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}).") from error
+        if not np.issubdtype(self.dataobj.dtype, np.number):
+            raise BrainlearnError(f"{path}: holds {self.dataobj.dtype} values, expected numbers.")
+        self.shape = self.dataobj.shape
+        self.affine = NPY_AFFINE
+
+    def get_fdata(self, dtype=np.float32):
+        return np.asarray(self.dataobj, dtype=dtype)
+
+
+def _check_size(path: Path, shape: tuple[int, ...]) -> None:
+    if len(shape) < 3 and not (len(shape) == 0):
+        raise BrainlearnError(f"{path}: expected a 3D image, got shape {tuple(shape)} ({len(shape)}D).")
+    if any(n <= 0 for n in shape):
+        raise BrainlearnError(f"{path}: the image is empty (shape {tuple(shape)}).")
+    if int(np.prod([int(n) for n in shape], dtype=np.float64)) > MAX_VOXELS:
+        raise BrainlearnError(
+            f"{path}: the header declares {tuple(shape)} voxels, more than brainlearn reads ({MAX_VOXELS:,}). "
+            "The header is probably corrupt."
+        )
+
+
+def _checked_affine(path: Path, affine: np.ndarray | None) -> np.ndarray:
+    affine = np.asarray(affine if affine is not None else np.eye(4), dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise BrainlearnError(
+            f"{path}: the affine (voxel-to-world matrix) is not invertible:\n{np.array2string(affine, precision=3)}\n"
+            "Fix the header's sform/qform (e.g. fslorient or nibabel) before using this image."
+        )
+    return affine
+
+
+def _read_data(path: Path, img, volume: int | None) -> np.ndarray:
+    shape = tuple(img.shape)
+    while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1): a 3D image stored as 4D
+        shape = shape[:-1]
+    if len(shape) > 3 and volume is None:
+        raise BrainlearnError(
+            f"{path}: expected a 3D image, got shape {tuple(img.shape)} ({len(img.shape)}D). "
+            "Pick one volume (volume=N) or average the frames first."
+        )
+    if len(shape) > 3 and not 0 <= volume < shape[3]:
+        raise BrainlearnError(f"{path}: volume {volume} does not exist, the file holds {shape[3]} volumes.")
+    try:
+        data = img.get_fdata(dtype=np.float32) if len(shape) == 3 else np.asarray(img.dataobj[..., volume], np.float32)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as error:
+        raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
+    return np.ascontiguousarray(data.reshape(shape[:3]))
+
+
+def _to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ornt = nib.orientations.io_orientation(affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return data, affine
+    affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)  # needs the shape before reorienting
+    return np.ascontiguousarray(nib.orientations.apply_orientation(data, ornt)), affine
+
+
+def _check_values(path: Path, data: np.ndarray, *, allow_nonfinite: bool, allow_empty: bool) -> None:
+    finite = np.isfinite(data)
+    if not allow_nonfinite and not finite.all():
+        n_nan, n_inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+        raise BrainlearnError(
+            f"{path}: {n_nan:,} NaN and {n_inf:,} infinite voxels. Replace them (for example with 0) or re-export "
+            "the image; brainlearn does not guess values for them."
+        )
+    if not allow_empty:
+        values = data[finite] if not finite.all() else data
+        if values.size == 0 or values.min() == values.max():
+            value = values.flat[0] if values.size else float("nan")
+            raise BrainlearnError(f"{path}: the image is empty (every voxel is {value:g}). Check the export.")
+
+
+def _first_fractional(array: np.ndarray) -> float:
+    fractional = array[np.abs(array - np.rint(array)) > 1e-3]
+    return float(fractional.flat[0])
+
+
+def _reason(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"

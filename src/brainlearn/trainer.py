@@ -1,0 +1,240 @@
+"""The Lightning trainer every brainlearn method trains with, and the run folder it fills.
+
+A run folder after :func:`fit`::
+
+    run_dir/
+      checkpoints/last.ckpt     newest state; a later fit() into the same folder resumes from it
+      checkpoints/best.ckpt     best by ``monitor`` (only when a metric is monitored)
+      logs/metrics.csv          every logged value (CSV), appended to across resumes
+      logs/tensorboard/         the same values for TensorBoard
+      metrics.json              final metrics, global_step and epoch
+
+Settings are the ``trainer`` section of a config: :data:`TRAINER_DEFAULTS` updated with the caller's
+overrides.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args
+
+import lightning
+import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.plugins.precision.precision import (
+    _PRECISION_INPUT_STR,
+    _PRECISION_INPUT_STR_ALIAS_CONVERSION,
+)
+from lightning.pytorch.callbacks import Callback, EarlyStopping, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from brainlearn.atomic import write_json
+from brainlearn.checkpoints import LAST_NAME, AtomicCheckpointIO, checkpoint_callbacks, read_global_step
+from brainlearn.errors import BrainlearnError
+
+logger = logging.getLogger(__name__)
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 10,
+    "max_steps": -1,  # -1: no step limit
+    "accelerator": "auto",
+    "devices": 1,
+    "num_nodes": 1,
+    "strategy": "auto",
+    "precision": "auto",  # see choose_precision
+    "seed": 0,
+    "deterministic": False,
+    "accumulate_grad_batches": 1,
+    "gradient_clip_val": None,
+    "log_every_n_steps": 10,
+    "val_check_interval": 1.0,
+    "checkpoint_every_n_steps": None,  # None: last.ckpt at each epoch end only
+    "monitor": None,  # e.g. "val/loss": keeps best.ckpt, needed for early stopping
+    "mode": "min",
+    "patience": None,  # None: no early stopping
+    "progress_bar": True,
+}
+
+PRECISIONS = get_args(_PRECISION_INPUT_STR)
+
+
+def resolve_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``overrides`` into :data:`TRAINER_DEFAULTS` and check them.
+
+    Raises:
+        BrainlearnError: An unknown key (with the closest known one), or settings that do not fit together.
+    """
+    overrides = dict(overrides or {})
+    for key in overrides:
+        if key not in TRAINER_DEFAULTS:
+            close = difflib.get_close_matches(key, TRAINER_DEFAULTS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(TRAINER_DEFAULTS)
+            raise BrainlearnError(f"trainer: unknown setting {key!r}.{hint} Known settings: {known}.")
+    settings = {**TRAINER_DEFAULTS, **overrides}
+    if settings["mode"] not in ("min", "max"):
+        raise BrainlearnError(f"trainer.mode: expected 'min' or 'max', not {settings['mode']!r}.")
+    if settings["patience"] is not None and settings["monitor"] is None:
+        raise BrainlearnError(
+            "trainer.patience: early stopping needs a metric to watch; set trainer.monitor (e.g. 'val/loss')."
+        )
+    every = settings["checkpoint_every_n_steps"]
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise BrainlearnError(f"trainer.checkpoint_every_n_steps: expected a positive integer or None, not {every!r}.")
+    return settings
+
+
+def choose_precision(accelerator: str, precision: str | int = "auto") -> str:
+    """The Lightning precision string for ``precision`` on ``accelerator``.
+
+    ``"auto"`` gives ``"bf16-mixed"`` on a CUDA GPU with native bf16 (Ampere or newer), ``"16-mixed"`` on
+    older CUDA GPUs and ``"32-true"`` on the CPU and on Apple MPS. Other values pass through, aliases (``32``,
+    ``"bf16"``) written out in full.
+
+    Raises:
+        BrainlearnError: ``precision`` is not one Lightning accepts.
+    """
+    if precision == "auto":
+        if accelerator not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+            return "32-true"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+    value = _PRECISION_INPUT_STR_ALIAS_CONVERSION.get(str(precision), str(precision))
+    if value not in PRECISIONS:
+        choices = ", ".join(("auto", *PRECISIONS))
+        raise BrainlearnError(f"trainer.precision: unknown value {precision!r}; expected one of {choices}.")
+    return value
+
+
+def build_trainer(run_dir: str | os.PathLike, settings: Mapping[str, Any] | None = None) -> lightning.Trainer:
+    """A seeded Lightning trainer that logs, checkpoints and stops early as ``settings`` say.
+
+    Args:
+        run_dir: The run folder; logs go to ``run_dir/logs``, checkpoints to ``run_dir/checkpoints``.
+        settings: Overrides of :data:`TRAINER_DEFAULTS`.
+    """
+    run_dir = Path(run_dir)
+    settings = resolve_settings(settings)
+    lightning.seed_everything(settings["seed"], workers=True)
+    callbacks = checkpoint_callbacks(
+        run_dir / "checkpoints",
+        every_n_steps=settings["checkpoint_every_n_steps"],
+        monitor=settings["monitor"],
+        mode=settings["mode"],
+    )
+    if settings["patience"] is not None:
+        callbacks.append(EarlyStopping(settings["monitor"], patience=settings["patience"], mode=settings["mode"]))
+    callbacks += _progress_bar(settings)
+    keys = ("max_epochs", "max_steps", "accelerator", "devices", "num_nodes", "strategy", "deterministic")
+    keys += ("accumulate_grad_batches", "gradient_clip_val", "log_every_n_steps", "val_check_interval")
+    return lightning.Trainer(
+        **{key: settings[key] for key in keys},
+        precision=choose_precision(settings["accelerator"], settings["precision"]),
+        default_root_dir=run_dir,
+        logger=[AppendingCSVLogger(run_dir, name="logs", version=""), _tensorboard_logger(run_dir)],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=bool(settings["progress_bar"]),
+        enable_model_summary=False,
+    )
+
+
+def _tensorboard_logger(run_dir: Path) -> TensorBoardLogger:
+    return TensorBoardLogger(run_dir / "logs", name="tensorboard", version="", default_hp_metric=False)
+
+
+def _progress_bar(settings: Mapping[str, Any]) -> list[Callback]:
+    if not settings["progress_bar"]:
+        return []
+    if sys.stdout.isatty():
+        return [RichProgressBar()]
+    # Redirected output (a cluster job's log): redraw only as often as metrics are logged.
+    return [TQDMProgressBar(refresh_rate=settings["log_every_n_steps"])]
+
+
+def fit(
+    module: lightning.LightningModule,
+    run_dir: str | os.PathLike,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    datamodule: lightning.LightningDataModule | None = None,
+    train_dataloaders: Any = None,
+    val_dataloaders: Any = None,
+) -> lightning.Trainer:
+    """Train ``module`` into ``run_dir``, resuming from ``checkpoints/last.ckpt`` when it exists.
+
+    Writes the final metrics (``trainer.callback_metrics``), ``global_step`` and ``epoch`` into
+    ``run_dir/metrics.json`` (merged with what is there), from the global rank 0 only.
+
+    Returns:
+        The trainer, after training.
+    """
+    run_dir = Path(run_dir)
+    trainer = build_trainer(run_dir, settings)
+    last = run_dir / "checkpoints" / f"{LAST_NAME}.ckpt"
+    ckpt_path = last if last.is_file() else None
+    with warnings.catch_warnings():
+        if ckpt_path is not None:
+            logger.info("%s: resuming from step %d", last, read_global_step(last))
+            # Lightning warns about a non-empty checkpoint folder, which is what resuming means.
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(
+            module,
+            train_dataloaders=train_dataloaders,
+            val_dataloaders=val_dataloaders,
+            datamodule=datamodule,
+            ckpt_path=ckpt_path,
+        )
+    if trainer.is_global_zero:
+        write_metrics(run_dir / "metrics.json", trainer)
+    return trainer
+
+
+def write_metrics(path: Path, trainer: lightning.Trainer) -> None:
+    """Merge the trainer's final scalar metrics, ``global_step`` and ``epoch`` into the JSON file ``path``."""
+    metrics = _read_json(path) if path.is_file() else {}
+    for name, value in trainer.callback_metrics.items():
+        if isinstance(value, int | float) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            metrics[name] = float(value)
+    metrics.update(global_step=trainer.global_step, epoch=trainer.current_epoch)
+    write_json(path, metrics)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BrainlearnError(f"{path}: could not read ({error}). Delete or fix the file, then rerun.") from error
+    if not isinstance(content, dict):
+        raise BrainlearnError(f"{path}: expected a JSON object, got {type(content).__name__}.")
+    return content
+
+
+class _AppendingCSVWriter(ExperimentWriter):
+    """Appends to the ``metrics.csv`` of an earlier attempt, which Lightning's own writer would delete."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """A :class:`CSVLogger` whose ``metrics.csv`` survives a resume: new rows and columns are added to it."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The writer of ``metrics.csv`` and ``hparams.yaml``."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingCSVWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -48,7 +48,7 @@ def bench_cache_read(config: dict[str, Any], run) -> dict[str, Any]:
         f"# cache-read benchmark: {config['n']} volumes of {shape} voxels, best of {config['repeats']}",
         "",
         f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, `brainlearn bench "
-        f"--method cache-read --size {config['size']} --n {config['n']}`",
+        f"--method cache-read --size {config['size']} --n {config['n']} dtype={config['dtype']}`",
         "",
         "| reader | volumes/s | ratio |",
         "|---|---|---|",

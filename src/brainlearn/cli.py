@@ -82,17 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_work_command(subparsers, command: Command) -> None:
+    keys = "\n".join(f"  {key} = {value!r}" for key, value in _flat(command.defaults).items())
     sub = subparsers.add_parser(
         command.name,
         help=command.help,
         description=command.help,
-        epilog="Any config key can also be set as key=value, e.g. "
-        + " ".join(f"{key}={value!r}" for key, value in list(_flat(command.defaults).items())[:2]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"config keys and their defaults (set them in --config FILE or as KEY=VALUE):\n{keys}",
     )
-    sub.add_argument("--config", metavar="FILE", help="YAML config (keys as in the defaults below)")
+    sub.add_argument("--config", metavar="FILE", help="YAML config (its keys are listed below)")
     sub.add_argument("--out", metavar="DIR", help=f"run folder (default {command.defaults.get('out')})")
     sub.add_argument("--overwrite", action="store_true", help="continue in --out even if its saved config differs")
     for flag, key, kwargs in command.options:
+        kwargs = {"metavar": key.split(".")[-1].upper(), **kwargs} if "choices" not in kwargs else kwargs
         sub.add_argument(flag, dest=_dest(key), default=None, **kwargs)
     sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -85,6 +85,7 @@ def run_cache(config: dict[str, Any], run) -> dict[str, Any]:
         dtype=config["dtype"],
         canonical=config["canonical"],
         progress=True,
+        overwrite=run.overwrite,
     )
     log.info("cached %d volumes (%d skipped) in %s", report.n_volumes, report.n_skipped, run.root)
     return {

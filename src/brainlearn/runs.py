@@ -49,6 +49,7 @@ class Run:
         self.command = command
         self.config = dict(config)
         self.resumed = False
+        self.overwrite = overwrite
         self._handler: logging.Handler | None = None
         self._claim(overwrite)
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from brainlearn.cli import main
 
 SHAPE = (12, 14, 10)
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _t1(path, seed):
@@ -144,3 +146,10 @@ def test_demo_runs_and_reports_bad_subjects(tmp_path):
     assert (tmp_path / "demo" / "figures" / "cache_montage.png").stat().st_size > 10_000
     # a second run resumes in the same folder and gives the same result
     assert run("demo", "--out", tmp_path / "demo") == 0
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_resolves(config, capsys):
+    command = config.stem.split("-")[0]
+    assert main([command, "--config", str(config), "--print-config"]) == 0
+    assert "out:" in capsys.readouterr().out

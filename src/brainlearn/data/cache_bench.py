@@ -64,7 +64,7 @@ def benchmark_cache_read(table: pd.DataFrame, cache: Cache, *, modality: str = "
         "cache_volumes_per_s": cache_rate,
         "ratio": cache_rate / direct_rate,
     }
-    logger.info("cache read: %.1f volumes/s vs %.1f direct (×%.1f)", cache_rate, direct_rate, result["ratio"])
+    logger.debug("cache read: %.1f volumes/s vs %.1f direct (×%.1f)", cache_rate, direct_rate, result["ratio"])
     return result
 
 

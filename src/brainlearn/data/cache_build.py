@@ -120,6 +120,7 @@ def build_cache(
     plan_hash = _plan_hash(table, modalities, dtype, canonical)
     manifest = _read_json(out_dir / MANIFEST)
     if manifest is not None and manifest.get("plan_hash") == plan_hash and not overwrite:
+        _refresh_metadata(out_dir, table)
         logger.info("%s: already up to date (%d sessions)", out_dir, manifest["n_volumes"])
         skipped = [tuple(s) for s in manifest["skipped"]]
         return CacheReport(manifest["n_volumes"], len(skipped), skipped, 0, time.perf_counter() - start)
@@ -165,10 +166,14 @@ def _value(record: dict, column: str):
 
 
 def _plan_hash(table: pd.DataFrame, modalities, dtype: str, canonical: bool) -> str:
-    """Hash of the settings, the table values and each source file's size and modification time."""
+    """Hash of the settings, the sessions and each source file's size and modification time.
+
+    Participant data (diagnosis, age, split, ...) is left out on purpose: re-splitting a table refreshes the
+    index (:func:`_refresh_metadata`) without reading a single image again.
+    """
     entries = []
     for record in table.to_dict("records"):
-        meta = [_value(record, c) for c in META_COLUMNS]
+        meta = [_value(record, c) for c in ("participant_id", "session_id")]
         files = []
         for m in modalities:
             source = _value(record, m)
@@ -208,7 +213,10 @@ def _planned_shape(path: Path, canonical: bool) -> tuple[int, int, int]:
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3:
-        raise BrainlearnError(f"{path}: expected a 3D image, the header declares shape {shape}.")
+        raise BrainlearnError(
+            f"{path}: expected a 3D image, the header declares shape {shape}. Pick one volume or average the "
+            "frames into a 3D image first."
+        )
     if not canonical:
         return shape
     affine = NPY_AFFINE if path.suffix == ".npy" else nib.load(path).affine
@@ -404,6 +412,27 @@ def _finish(
     (out_dir / PLAN).unlink(missing_ok=True)
     (out_dir / JOURNAL).unlink(missing_ok=True)
     return len(records), skipped
+
+
+def _refresh_metadata(out_dir: Path, table: pd.DataFrame) -> None:
+    """Copy the table's participant data (diagnosis, age, sex, site, split) into a finished cache's index."""
+    index = pd.read_csv(out_dir / INDEX, sep="\t", dtype={"participant_id": str, "session_id": str})
+    meta = {(r["participant_id"], r["session_id"]): r for r in _meta_records(table)}
+    changed = False
+    for column in META_COLUMNS[2:]:
+        new = [meta.get((p, s), {}).get(column) for p, s in zip(index["participant_id"], index["session_id"])]
+        old = [None if pd.isna(v) else (float(v) if column == "age" else str(v)) for v in index[column]]
+        if new != old:
+            index[column] = pd.Series(new, dtype=object)
+            changed = True
+    if changed:
+        with atomic_path(out_dir / INDEX) as tmp:
+            index.to_csv(tmp, sep="\t", index=False)
+        logger.info("%s: participant data (diagnosis, age, split, ...) updated from the table", out_dir)
+
+
+def _meta_records(table: pd.DataFrame) -> list[dict]:
+    return [{c: _value(record, c) for c in META_COLUMNS} for record in table.to_dict("records")]
 
 
 def _read_json(path: Path) -> dict | None:

@@ -163,12 +163,27 @@ def test_finished_cache_is_reused_or_refused(tmp_path, monkeypatch):
     calls = _counting_reads(monkeypatch)
     report = build_cache(table, tmp_path / "cache", progress=False)
     assert (calls, report.bytes_written, report.n_volumes) == ([], 0, 3)
-    table.loc[0, "split"] = "val"
+    _write(tmp_path / "t1_1.nii.gz", np.ones(SHAPE, np.float32) * np.arange(SHAPE[2]))  # an image changed
     with pytest.raises(CacheMismatchError, match="Pass a new --out, delete the folder"):
         build_cache(table, tmp_path / "cache", progress=False)
     build_cache(table, tmp_path / "cache", progress=False, overwrite=True)
     assert len(calls) == 3
-    assert Cache(tmp_path / "cache").index["split"].tolist() == ["val", "train", "train"]
+    np.testing.assert_array_equal(Cache(tmp_path / "cache").read(1, "t1")[0, 0], np.arange(SHAPE[2]))
+
+
+def test_resplitting_updates_the_index_without_reading_images(tmp_path, monkeypatch):
+    table = _cohort(tmp_path, n=3)
+    build_cache(table, tmp_path / "cache", progress=False)
+    calls = _counting_reads(monkeypatch)
+    table.loc[0, "split"] = "val"
+    table.loc[2, "diagnosis"] = "AD"
+    table.loc[1, "age"] = float("nan")
+    report = build_cache(table, tmp_path / "cache", progress=False)
+    assert (calls, report.bytes_written) == ([], 0)
+    index = Cache(tmp_path / "cache").index
+    assert index["split"].tolist() == ["val", "train", "train"]
+    assert index["diagnosis"].tolist() == ["CN", "AD", "AD"]
+    assert np.isnan(index["age"][1]) and index["age"][2] == 62.0
 
 
 def test_cache_errors_name_the_problem(tmp_path):

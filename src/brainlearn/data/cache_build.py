@@ -420,7 +420,9 @@ def _refresh_metadata(out_dir: Path, table: pd.DataFrame) -> None:
     meta = {(r["participant_id"], r["session_id"]): r for r in _meta_records(table)}
     changed = False
     for column in META_COLUMNS[2:]:
-        new = [meta.get((p, s), {}).get(column) for p, s in zip(index["participant_id"], index["session_id"])]
+        new = [
+            meta.get((p, s), {}).get(column) for p, s in zip(index["participant_id"], index["session_id"], strict=True)
+        ]
         old = [None if pd.isna(v) else (float(v) if column == "age" else str(v)) for v in index[column]]
         if new != old:
             index[column] = pd.Series(new, dtype=object)

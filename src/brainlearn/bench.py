@@ -87,7 +87,57 @@ def _benchmark_shape(size: int) -> tuple[int, int, int]:
     return size, round(size * 218 / 182), size
 
 
-METHODS: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {"cache-read": bench_cache_read}
+def bench_cohort(config: dict[str, Any], run) -> dict[str, Any]:
+    """Subjects per second of the built-in cohort generator at ``spacing`` mm, with peak memory."""
+    import os
+    import resource
+    import shutil
+
+    from brainlearn.cohort.anatomy import load_anatomy
+    from brainlearn.cohort.generate import generate_cohort
+
+    folder = run.root / f"cohort-{config['spacing']:g}mm"
+    shutil.rmtree(folder, ignore_errors=True)  # time a full generation, never a resumed one
+    start = time.perf_counter()
+    load_anatomy(config["spacing"])
+    setup = time.perf_counter() - start
+    report = generate_cohort(folder, subjects=config["n"], spacing=config["spacing"], progress=False)
+    total = time.perf_counter() - start
+    peak_mb = {  # ru_maxrss is in KiB on Linux
+        who: resource.getrusage(which).ru_maxrss / 1024
+        for who, which in (("main", resource.RUSAGE_SELF), ("workers", resource.RUSAGE_CHILDREN))
+    }
+    result = {
+        "subjects": report.n_subjects,
+        "spacing_mm": config["spacing"],
+        "jobs": os.cpu_count(),
+        "seconds_total": total,
+        "seconds_setup": setup,
+        "subjects_per_s": report.n_subjects / total,
+        "peak_rss_mb_main": peak_mb["main"],
+        "peak_rss_mb_worker": peak_mb["workers"],
+    }
+    lines = [
+        f"# cohort benchmark: {config['n']} subjects at {config['spacing']:g} mm, {os.cpu_count()} worker(s)",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, `brainlearn bench "
+        f"--method cohort --n {config['n']} spacing={config['spacing']:g}`",
+        "",
+        "| subjects | total s | setup s | subjects/s | peak RSS main / worker (MB) |",
+        "|---|---|---|---|---|",
+        f"| {report.n_subjects} | {total:.1f} | {setup:.1f} | {result['subjects_per_s']:.2f} | "
+        f"{peak_mb['main']:.0f} / {peak_mb['workers']:.0f} |",
+    ]
+    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
+    log.info("\n%s", "\n".join(lines))
+    shutil.rmtree(folder, ignore_errors=True)
+    return {f"bench/cohort/{key}": value for key, value in result.items()}
+
+
+METHODS: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {
+    "cache-read": bench_cache_read,
+    "cohort": bench_cohort,
+}
 
 
 def run_benchmarks(config: dict[str, Any], run) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""``brainlearn demo``: the pipeline so far, on real images that ship with nibabel, in seconds on a CPU.
+"""``brainlearn demo``: the pipeline so far on the built-in cohort, in about a minute on a laptop CPU.
 
-The demo cohort holds nibabel's real sample scans (a 2 mm T1 brain in two orientations, a MINC volume, a small
-NIfTI) and two broken subjects as real data has them (a 4D file, an image full of NaNs), so the demo also shows
-what happens to bad input: those subjects are reported and skipped, and the rest of the run goes on.
-The later pipeline stages (the built-in cohort, training, explanations) extend this demo as they land.
+1. generate a small cohort from real anatomy (T1, T2, FLAIR, FDG-PET, lesions, a held-out site) with its truth;
+2. read it as a BIDS folder into a checked participants table (subject-level splits come with it);
+3. cache T1 and PET into the memory-mapped store the training methods read;
+4. show the montage and the effects measured on the generated images, and time the cache.
+The later stages (training, evaluation, explanations, report) extend this demo as they land.
 """
 
 from __future__ import annotations
@@ -11,82 +12,51 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
-from brainlearn.samples import nibabel_sample
-
 log = logging.getLogger(__name__)
-
-# participant_id, nibabel sample file, diagnosis, age, sex, site
-DEMO_SUBJECTS = (
-    ("sub-01", "anatomical.nii", "CN", 67.0, "F", "nibabel"),
-    ("sub-02", "reoriented_anat_moved.nii", "AD", 74.0, "M", "nibabel"),
-    ("sub-03", "tiny.mnc", "CN", 71.0, "M", "minc"),
-    ("sub-04", "standard.nii.gz", "AD", 80.0, "F", "nibabel"),
-    ("sub-05", "example4d.nii.gz", "CN", 62.0, "F", "nibabel"),  # 4D: skipped with a message
-    ("sub-06", "resampled_anat_moved.nii", "AD", 77.0, "M", "nibabel"),  # NaN voxels: skipped with a message
-)
-
-
-def demo_table():
-    """The demo's participants table (absolute paths into nibabel's installed test data)."""
-    import pandas as pd
-
-    rows = [
-        {
-            "participant_id": pid,
-            "session_id": "ses-01",
-            "t1": str(nibabel_sample(name)),
-            "diagnosis": dx,
-            "age": age,
-            "sex": sex,
-            "site": site,
-        }
-        for pid, name, dx, age, sex, site in DEMO_SUBJECTS
-    ]
-    return pd.DataFrame(rows)
 
 
 def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
-    """Build the table, split it by participant, cache it, draw the cached volumes and time the cache."""
+    from brainlearn.cohort.generate import generate_cohort
+    from brainlearn.cohort.summary import measured_effects, read_truths, save_cohort_montage
+    from brainlearn.data.bids import read_bids
     from brainlearn.data.cache import Cache, build_cache
     from brainlearn.data.cache_bench import benchmark_cache_read
-    from brainlearn.data.splits import assign_splits
-    from brainlearn.data.tables import read_table, write_table
-    from brainlearn.report.figures import save_montage
+    from brainlearn.data.tables import write_table
 
-    table_path = write_table(demo_table(), run.root / "participants.tsv")
-    table = assign_splits(read_table(table_path), val=0.2, test=0.2, seed=config["seed"])
-    write_table(table, table_path)
-    log.info("step 1/4: participants table with subject-level splits: %s", table_path)
+    cohort_dir = run.root / "cohort"
+    report = generate_cohort(
+        cohort_dir, subjects=config["subjects"], spacing=config["spacing"], seed=config["seed"], preset="all"
+    )
+    montage = save_cohort_montage(cohort_dir, report.table, run.figures / "cohort_montage.png")
+    effects = measured_effects(read_truths(cohort_dir, report.table))
+    log.info("step 1/3: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
+    for diagnosis in ("CN", "MCI", "AD"):
+        if f"cohort/{diagnosis}/n" in effects:
+            log.info(
+                "  %-3s n=%-3d hippocampus × %.2f from the diagnosis, ventricles × %.2f in all",
+                diagnosis,
+                effects[f"cohort/{diagnosis}/n"],
+                effects[f"cohort/{diagnosis}/hippocampus_disease_factor"],
+                effects[f"cohort/{diagnosis}/ventricle_factor"],
+            )
 
-    report = build_cache(table, run.root / "cache", modalities=("t1",), dtype="float16", progress=True)
-    log.info("step 2/4: cached %d volumes, skipped %d", report.n_volumes, report.n_skipped)
+    table = read_bids(cohort_dir)
+    table_path = write_table(table, run.root / "participants.tsv")
+    log.info("step 2/3: participants table (splits by participant): %s", table_path)
 
-    cache = Cache(run.root / "cache")
-    montage = save_montage(_montage_rows(cache), run.figures / "cache_montage.png")
-    log.info("step 3/4: montage of the cached volumes: %s", montage)
-
-    cached = table[table["participant_id"].isin(cache.index["participant_id"])]
-    speed = benchmark_cache_read(cached, cache, modality="t1", repeats=3)
+    cached = build_cache(table, run.root / "cache", modalities=("t1", "pet"), dtype="float16", progress=True)
+    speed = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=2)
     log.info(
-        "step 4/4: reading from the cache: %.0f volumes/s vs %.0f from the NIfTI files (%.1f×)",
-        speed["cache_volumes_per_s"],
-        speed["direct_volumes_per_s"],
+        "step 3/3: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
+        cached.n_volumes,
         speed["ratio"],
     )
-    log.info("look at: %s (montage), %s (table), %s (metrics)", montage, table_path, run.metrics_path)
+    log.info("look at: %s (T1, T2, FLAIR, PET of four subjects)", montage)
+    log.info("         %s (participants), %s (measured effects)", table_path, run.metrics_path)
+    log.info("         %s (ground truth: atrophy and hypometabolism maps)", cohort_dir / "derivatives" / "truth")
     return {
-        "demo/cached": report.n_volumes,
-        "demo/skipped": [f"{pid}: {reason}" for pid, _, reason in report.skipped],
+        **effects,
+        "demo/cohort_seconds": report.seconds,
+        "demo/cached": cached.n_volumes,
         **{f"demo/cache_read/{key}": value for key, value in speed.items()},
     }
-
-
-def _montage_rows(cache) -> list[tuple[str, list[tuple]]]:
-    rows = []
-    for i, row in cache.index.reset_index(drop=True).iterrows():
-        title = f"{row['participant_id']} ({row['diagnosis']})"
-        spacing = np.linalg.norm(cache.affine(i, "t1")[:3, :3], axis=0)
-        rows.append((title, [("T1", cache.read(i, "t1"), tuple(spacing))]))
-    return rows

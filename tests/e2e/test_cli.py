@@ -44,7 +44,7 @@ def run(*args):
 def test_help_of_every_command(capsys):
     result = subprocess.run([sys.executable, "-m", "brainlearn", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "cache" in result.stdout
-    for command in ("table", "split", "cache", "bench", "demo", "check"):
+    for command in ("table", "split", "cache", "cohort", "bench", "demo", "check"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
@@ -137,15 +137,23 @@ def test_bench_cache_read(tmp_path):
     assert "volumes/s" in (tmp_path / "bench" / "bench.md").read_text()
 
 
-def test_demo_runs_and_reports_bad_subjects(tmp_path):
-    assert run("demo", "--out", tmp_path / "demo") == 0
+def test_demo_runs_on_a_tiny_cohort(tmp_path):
+    assert run("demo", "--out", tmp_path / "demo", "subjects=5", "spacing=4") == 0
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert metrics["demo/cached"] == 4
-    skipped = " ".join(metrics["demo/skipped"])
-    assert "sub-05" in skipped and "3D" in skipped and "sub-06" in skipped and "NaN" in skipped
-    assert (tmp_path / "demo" / "figures" / "cache_montage.png").stat().st_size > 10_000
-    # a second run resumes in the same folder and gives the same result
-    assert run("demo", "--out", tmp_path / "demo") == 0
+    assert metrics["demo/cached"] == 5
+    assert metrics["cohort/jacobian_min"] > 0
+    assert (tmp_path / "demo" / "figures" / "cohort_montage.png").stat().st_size > 10_000
+    assert run("demo", "--out", tmp_path / "demo", "subjects=5", "spacing=4") == 0  # resumes, nothing to redo
+
+
+def test_cohort_command_writes_a_cohort_that_caches(tmp_path):
+    out = tmp_path / "cohort"
+    assert run("cohort", "--out", out, "--subjects", 4, "--spacing", 4, "--preset", "ms", "external=0") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cohort/subjects"] == 4 and metrics["cohort/jacobian_min"] > 0
+    assert (out / "figures" / "montage.png").exists()
+    assert run("cache", "--bids", out, "--modalities", "t1", "flair", "mask", "--out", tmp_path / "cache") == 0
+    assert json.loads((tmp_path / "cache" / "metrics.json").read_text())["cache/volumes"] == 4
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -17,6 +17,7 @@ import pandas as pd
 from brainlearn.data.tables import SPLITS
 from brainlearn.errors import BrainlearnError, DataLeakageError
 
+ASSIGNED = ("train", "val", "test")  # what assign_splits hands out; "external" rows keep their split
 MAX_LEAKS_SHOWN = 10
 _MISSING = object()  # the stratum of participants without a value
 
@@ -31,7 +32,8 @@ def assign_splits(
 ) -> pd.DataFrame:
     """Assign each participant to train, val or test, stratified, and return a copy with the ``split`` column.
 
-    Participants (not rows) are shuffled with ``numpy.random.default_rng(seed)`` within each stratum and
+    Participants whose split is already ``external`` (a held-out site or cohort) keep it. The others (not rows:
+    participants) are shuffled with ``numpy.random.default_rng(seed)`` within each stratum and
     allocated so that each split's share of the stratum is as close as possible to its fraction (largest
     remainder rounding, ties broken at random; a stratum of one or two participants still gives train one).
     The result depends only on the participants, their strata and ``seed``, not on the row order.
@@ -51,10 +53,12 @@ def assign_splits(
     _check_fractions(val, test)
     rng = np.random.default_rng(seed)
     split_of: dict[Hashable, str] = {}
-    for participants in _strata(table, stratify).values():
+    external = table["split"].eq("external") if "split" in table else pd.Series(False, index=table.index)
+    split_of.update(dict.fromkeys(table.loc[external, "participant_id"], "external"))
+    for participants in _strata(table[~external], stratify).values():
         shuffled = [participants[i] for i in rng.permutation(len(participants))]
         counts = _allocate(len(shuffled), (1.0 - val - test, val, test), rng)
-        names = [name for name, count in zip(SPLITS, counts, strict=True) for _ in range(count)]
+        names = [name for name, count in zip(ASSIGNED, counts, strict=True) for _ in range(count)]
         split_of.update(zip(shuffled, names, strict=True))
     result = table.copy()
     result["split"] = pd.Series([split_of[p] for p in result["participant_id"]], index=result.index, dtype=object)

@@ -158,5 +158,7 @@ def test_conflicting_files_or_labels_for_one_participant(tmp_path: Path):
 def test_missing_file_and_bad_split(tmp_path: Path):
     with pytest.raises(BrainlearnError, match="nope.pkl: file not found"):
         read_pairs(tmp_path / "nope.pkl")
-    with pytest.raises(BrainlearnError, match="split must be one of train, val, test or None, not 'training'"):
+    with pytest.raises(
+        BrainlearnError, match="split must be one of train, val, test, external or None, not 'training'"
+    ):
         read_pairs(tmp_path / "nope.pkl", split="training")

@@ -159,3 +159,16 @@ def test_check_no_leakage_lists_ten_and_counts_the_rest():
         check_no_leakage(table, column="fold")
     with pytest.raises(BrainlearnError, match="the table has no split column"):
         check_no_leakage(table)
+
+
+def test_external_participants_keep_their_split():
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:02d}" for i in range(12)],
+            "diagnosis": ["CN", "AD"] * 6,
+            "split": ["external"] * 3 + [None] * 9,
+        }
+    )
+    result = assign_splits(table, val=0.2, test=0.2, seed=3)
+    assert result["split"][:3].tolist() == ["external"] * 3
+    assert set(result["split"][3:]) <= {"train", "val", "test"}

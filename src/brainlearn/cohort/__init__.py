@@ -1,0 +1,1 @@
+"""The built-in cohort: brain MRI and PET generated from real anatomy, with known ground truth."""

@@ -102,7 +102,7 @@ def run_cohort(config: dict[str, Any], run) -> dict[str, Any]:
     from brainlearn.cohort.generate import generate_cohort
     from brainlearn.cohort.summary import measured_effects, read_truths, save_cohort_montage, subjects_per_second
 
-    keys = ("subjects", "spacing", "seed", "preset", "difficulty", "external", "val", "test")
+    keys = ("subjects", "spacing", "seed", "preset", "difficulty", "external", "val", "test", "pair_lists")
     report = generate_cohort(run.root, **{key: config[key] for key in keys}, progress=True)
     montage = save_cohort_montage(run.root, report.table, run.figures / "montage.png", n=config["montage"])
     metrics = measured_effects(read_truths(run.root, report.table))
@@ -263,6 +263,7 @@ COMMANDS = (
             "val": 0.15,
             "test": 0.15,
             "montage": 4,
+            "pair_lists": False,
             "out": "runs/cohort",
         },
         path_keys=("out",),

@@ -12,6 +12,7 @@
                                             sub-001_desc-atrophy_map.nii.gz, sub-001_desc-hypometabolism_map.nii.gz,
                                             sub-001_truth.json (written last: the subject is complete)
       figures/montage.png
+      pairs/train.pkl, val.pkl, ...         with pair_lists: document 000's lists, unpaired for training
 
 Every subject depends only on (seed, its number): the same seed gives the same bytes, more subjects extend a
 cohort without changing the first ones, and an interrupted run completes only the subjects that are missing.
@@ -67,6 +68,7 @@ def generate_cohort(
     external: float = 0.15,
     val: float = 0.15,
     test: float = 0.15,
+    pair_lists: bool = False,
     jobs: int | None = None,
     progress: bool = True,
 ) -> CohortReport:
@@ -80,6 +82,8 @@ def generate_cohort(
         difficulty: multiplies every disease effect (0: none, 1: published sizes, 2: twice as strong).
         external: share of participants scanned at the held-out site (``split`` = ``external``).
         val, test: shares of the other participants for validation and testing (split by participant).
+        pair_lists: also write document 000's pickled pair lists (``pairs/<split>.pkl``): training MRI with the
+            PET of another participant (unpaired), validation and test paired, external MRI only; CN and AD only.
         jobs: worker processes (default: one per CPU core); the output does not depend on it.
     """
     _check(subjects, preset, difficulty, external)
@@ -99,6 +103,10 @@ def generate_cohort(
     rows, generated = [truth for truth, _ in results], sum(made for _, made in results)
     table = _participants(rows, seed=seed, val=val, test=test)
     _write_participants(table, out / "participants.tsv")
+    if pair_lists:
+        from brainlearn.cohort.pairlists import write_pair_lists
+
+        write_pair_lists(out, table, seed=seed)
     report = CohortReport(subjects, generated, time.perf_counter() - start, table)
     log.info("%s: %d subjects (%d generated now) in %.1f s", out, subjects, generated, report.seconds)
     return report

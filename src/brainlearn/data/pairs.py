@@ -152,12 +152,17 @@ def _entries(where: str, pair: object, labels: Sequence[str]) -> list[tuple[str,
 
 
 def _participant(file: str, labels: Sequence[str]) -> tuple[str, int | None]:
-    """The participant id and the label prefix (None without one) of a file name such as 0_141_S_0810.npy."""
+    """The participant id and the label prefix (None without one) of a file name such as 0_141_S_0810.npy.
+
+    BIDS names (``sub-001_T1w.nii.gz``) give the ``sub-`` entity as the participant.
+    """
     name = Path(file).name
     stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
     match = _LABEL_PREFIX.match(stem)
     if match and int(match[1]) < len(labels):
         return match[2], int(match[1])
+    if stem.startswith("sub-"):  # a BIDS file name: the participant is its sub-<label> entity
+        return stem.split("_")[0], None
     return stem, None
 
 

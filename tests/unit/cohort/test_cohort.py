@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,7 @@ from brainlearn.cohort import facts, pet
 from brainlearn.cohort.anatomy import HIPPOCAMPUS, region_occupancy
 from brainlearn.cohort.generate import generate_cohort
 from brainlearn.data.bids import read_bids
+from brainlearn.data.pairs import read_pairs
 from brainlearn.errors import BrainlearnError
 from brainlearn.io import read_image, read_mask
 
@@ -161,3 +164,36 @@ def test_bad_settings_are_refused(tmp_path):
         generate_cohort(tmp_path, preset="alzheimer")
     with pytest.raises(BrainlearnError, match="spacing must be between"):
         generate_cohort(tmp_path / "x", spacing=0.1)
+
+
+def test_pair_lists_are_unpaired_for_training_and_read_back_safely(tmp_path):
+    root = tmp_path / "pairs"
+    report = generate_cohort(
+        root,
+        subjects=10,
+        spacing=SPACING,
+        seed=5,
+        preset="ad",
+        difficulty=1.0,
+        external=0.2,
+        val=0.2,
+        test=0.2,
+        pair_lists=True,
+        progress=False,
+    )
+    binary = report.table[report.table["diagnosis"].isin(["CN", "AD"])]
+    for split, rows in binary.groupby("split"):
+        table = read_pairs(root / "pairs" / f"{split}.pkl", split=split)
+        mri_rows = table[table["t1"].notna()]
+        assert sorted(mri_rows["participant_id"]) == sorted(rows["participant_id"])
+        diagnosis = dict(zip(rows["participant_id"], rows["diagnosis"], strict=True))
+        assert all(diagnosis[p] == d for p, d in zip(mri_rows["participant_id"], mri_rows["diagnosis"], strict=True))
+        raw = pickle.loads((root / "pairs" / f"{split}.pkl").read_bytes())  # our own file, for its pairing
+        if split == "external":
+            assert table["pet"].isna().all() and all(len(pair) == 2 for pair in raw)
+            continue
+        owners = [(Path(mri).name.split("_")[0], Path(pet).name.split("_")[0]) for mri, pet, _ in raw]
+        if split == "train" and len(raw) > 1:
+            assert all(m != p for m, p in owners)  # every training MRI comes with another participant's PET
+        else:
+            assert all(m == p for m, p in owners)  # evaluation pairs are paired

@@ -117,6 +117,56 @@ def run_cohort(config: dict[str, Any], run) -> dict[str, Any]:
     return metrics
 
 
+def run_preprocess(config: dict[str, Any], run) -> dict[str, Any]:
+    """Preprocess every session of a table or BIDS folder into the run folder."""
+    import os
+
+    from brainlearn.preprocess.pipeline import preprocess_table
+
+    table = read_input_table(config, on_missing="skip")
+    keys = ("steps", "spacing", "shape", "pad_to", "normalize", "suvr_reference")
+    summary = preprocess_table(
+        table, run.root, {key: config[key] for key in keys}, jobs=config["jobs"] or os.cpu_count() or 1
+    )
+    failed = summary[summary["status"] == "failed"]
+    for row in failed.itertuples():
+        log.warning("failed: %s %s: %s", row.participant_id, row.session_id, row.reason)
+    log.info(
+        "look at: %s (QC), %s (status of every session)",
+        run.root / "figures" / "contact_sheet.png",
+        run.root / "summary.tsv",
+    )
+    metrics: dict[str, Any] = {"preprocess/sessions": len(summary), "preprocess/failed": len(failed)}
+    for column in summary.columns:
+        if column.startswith("seconds_"):
+            metrics[f"preprocess/{column}_mean"] = float(summary[column].mean())
+    return metrics
+
+
+def run_to_native(config: dict[str, Any], run) -> dict[str, Any]:
+    """Take a map on the reference grid back to a session's native T1 grid."""
+    import json
+    from pathlib import Path
+
+    from brainlearn.io import read_image, write_image
+    from brainlearn.preprocess.register import load_transform, to_native
+
+    if not config["preprocessed"] or not config["participant"] or not config["map"]:
+        raise BrainlearnError("to-native needs --preprocessed DIR, --participant ID and --map FILE.")
+    session = Path(config["preprocessed"]) / config["participant"] / config["session"]
+    done = session / "done.json"
+    if not done.exists():
+        raise BrainlearnError(f"{session}: no finished preprocessing here (done.json missing).")
+    outputs = json.loads(done.read_text(encoding="utf-8"))["outputs"]
+    transform = load_transform(outputs["t1_to_template"])
+    native = read_image(outputs["native_t1"])
+    image = read_image(config["map"], allow_empty=True, allow_nonfinite=False)
+    result = to_native(image, transform, native, nearest=config["nearest"])
+    path = write_image(run.root / Path(config["map"]).name, result.array, result.affine)
+    log.info("look at: %s (on the grid of %s)", path, outputs["native_t1"])
+    return {"to_native/output": str(path)}
+
+
 def run_bench(config: dict[str, Any], run) -> dict[str, Any]:
     from brainlearn.bench import run_benchmarks
 
@@ -251,6 +301,50 @@ COMMANDS = (
         ),
     ),
     Command(
+        name="preprocess",
+        help="raw T1 / T2 / FLAIR / PET to analysis-ready volumes on the MNI grid, in parallel, resumable, with QC",
+        defaults={
+            **_INPUT_DEFAULTS,
+            "labels": ["CN", "MCI", "AD"],
+            "steps": ["n4", "skullstrip", "register", "normalize"],
+            "spacing": 1.0,
+            "shape": None,  # None: the MNI box of 182×218×182 mm at `spacing`
+            "pad_to": None,
+            "normalize": {"mr": "zscore", "pet": "suvr"},
+            "suvr_reference": "pons",
+            "jobs": 0,
+            "out": "runs/preprocess",
+        },
+        path_keys=("table", "bids", "out"),
+        run=run_preprocess,
+        options=(
+            *_INPUT_OPTIONS,
+            ("--steps", "steps", {"nargs": "+", "help": "n4 skullstrip register normalize (all)"}),
+            ("--jobs", "jobs", {"type": int, "help": "worker processes (0: one per core)"}),
+            ("--spacing", "spacing", {"type": float, "help": "reference grid spacing in mm (1.0)"}),
+        ),
+    ),
+    Command(
+        name="to-native",
+        help="take a map on the reference grid (e.g. an explanation) back to a session's native T1 grid",
+        defaults={
+            "preprocessed": None,
+            "participant": None,
+            "session": "ses-01",
+            "map": None,
+            "nearest": False,
+            "out": "runs/to-native",
+        },
+        path_keys=("preprocessed", "map", "out"),
+        run=run_to_native,
+        options=(
+            ("--preprocessed", "preprocessed", {"metavar": "DIR", "help": "a brainlearn preprocess run folder"}),
+            ("--participant", "participant", {"help": "participant_id"}),
+            ("--session", "session", {"help": "session_id (ses-01)"}),
+            ("--map", "map", {"metavar": "FILE", "help": "the image on the reference grid"}),
+        ),
+    ),
+    Command(
         name="cohort",
         help="generate the built-in cohort: MRI and FDG-PET from real anatomy with known ground truth (BIDS-like)",
         defaults={
@@ -291,7 +385,7 @@ COMMANDS = (
         path_keys=("out",),
         run=run_bench,
         options=(
-            ("--method", "method", {"help": "what to time: cache-read, cohort"}),
+            ("--method", "method", {"help": "what to time: cache-read, cohort, preprocess"}),
             ("--size", "size", {"type": int, "help": "volume edge in voxels (96)"}),
             ("--n", "n", {"type": int, "help": "number of volumes (8)"}),
         ),

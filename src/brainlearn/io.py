@@ -160,6 +160,7 @@ def _load(path: Path) -> nib.spatialimages.SpatialImage | _NpyImage:
     try:
         return nib.load(path)
     except (ImageFileError, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError) as error:
+        _raise_if_truncated_gzip(path)
         raise BrainlearnError(
             f"{path}: not a NIfTI image or another format nibabel reads ({error}). "
             "Convert scanner formats first (e.g. DICOM with dcm2niix)."
@@ -188,6 +189,20 @@ def _verified_gzip(path: Path, img):
     try:
         return type(img).from_bytes(data)
     except (ImageFileError, nib.spatialimages.HeaderDataError, ValueError) as error:
+        raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
+
+
+def _raise_if_truncated_gzip(path: Path) -> None:
+    """A gzip file cut short (an interrupted copy) reads as 'not an image'; say what it really is."""
+    if path.suffix != ".gz":
+        return
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(2**20):
+                pass
+    except (EOFError, OSError, zlib.error) as error:
+        if isinstance(error, gzip.BadGzipFile) and "Not a gzipped file" in str(error):
+            return
         raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
 
 

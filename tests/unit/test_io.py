@@ -185,3 +185,10 @@ def test_absurd_header_size_is_refused_before_allocation(tmp_path, volume):
     (tmp_path / "huge.nii").write_bytes(bytes(header))
     with pytest.raises(BrainlearnError, match=r"huge\.nii: the header declares"):
         read_image(tmp_path / "huge.nii")
+
+
+def test_gzip_cut_inside_the_header_is_called_truncated(tmp_path, volume):
+    data = _save(tmp_path / "full.nii.gz", volume).read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[:300])
+    with pytest.raises(BrainlearnError, match=r"cut\.nii\.gz: the file is truncated or corrupt"):
+        read_image(tmp_path / "cut.nii.gz")

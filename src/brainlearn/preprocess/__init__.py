@@ -1,0 +1,1 @@
+"""Preprocessing real scans: reorientation, bias correction, skull stripping, registration, normalization."""

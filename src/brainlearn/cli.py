@@ -36,6 +36,11 @@ class Command:
     run: Callable[..., dict[str, Any] | None]
     path_keys: tuple[str, ...] = ()
     options: tuple[tuple[str, str, dict[str, Any]], ...] = field(default=())  # (flag, config key, argparse kwargs)
+    group: str | None = None  # "train" makes this `brainlearn train NAME`
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.group} {self.name}" if self.group else self.name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,9 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     from brainlearn.commands import COMMANDS, add_check_command
+    from brainlearn.commands_train import GROUPS
 
+    groups = {}
+    for name, help_text in GROUPS.items():
+        group = subparsers.add_parser(name, help=help_text, description=help_text)
+        groups[name] = group.add_subparsers(title="what to train", metavar="TASK")
+        group.set_defaults(handler=lambda args, group=group: group.print_help() or 0)
     for command in COMMANDS:
-        _add_work_command(subparsers, command)
+        _add_work_command(groups[command.group] if command.group else subparsers, command)
     add_check_command(subparsers)
     return parser
 
@@ -115,7 +126,7 @@ def _run_work_command(command: Command, args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_config(config))
         return 0
-    with Run(config["out"], command.name, config, overwrite=args.overwrite) as run:
+    with Run(config["out"], command.full_name, config, overwrite=args.overwrite) as run:
         metrics = command.run(config, run)
         if metrics:
             run.write_metrics(metrics)

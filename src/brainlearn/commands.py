@@ -393,8 +393,12 @@ COMMANDS = (
     Command(
         name="demo",
         help="run the whole path on a small built-in cohort and show what to look at",
-        defaults={"subjects": 24, "spacing": 2.0, "seed": 0, "out": "runs/demo"},
+        defaults={"subjects": 48, "spacing": 2.0, "seed": 0, "epochs": 6, "out": "runs/demo"},
         path_keys=("out",),
         run=run_demo,
     ),
 )
+
+from brainlearn.commands_train import TRAIN_COMMANDS  # noqa: E402  (it imports Command from cli, as this module does)
+
+COMMANDS = (*COMMANDS, *TRAIN_COMMANDS)

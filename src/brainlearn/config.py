@@ -46,15 +46,16 @@ def load_config(
     """
     config = copy.deepcopy(dict(defaults))
     path_keys = set(path_keys)
+    free = _free_sections(config)
     if path is not None:
         from_file = read_yaml(path)
         _resolve_paths(from_file, path_keys, Path(path).resolve().parent)
-        _merge(config, from_file, source=str(path))
+        _merge(config, from_file, source=str(path), free=free)
     for key, value in (flags or {}).items():
-        _merge(config, _nest(key, value), source=f"option for {key!r}")
+        _merge(config, _nest(key, value), source=f"option for {key!r}", free=free)
     for item in overrides:
         key, value = parse_override(item)
-        _merge(config, _nest(key, value), source=f"override {item!r}")
+        _merge(config, _nest(key, value), source=f"override {item!r}", free=free)
     return config
 
 
@@ -107,7 +108,16 @@ def get(config: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
-def _merge(config: dict, new: Mapping, *, source: str, prefix: str = "") -> None:
+def _free_sections(config: dict, prefix: str = "") -> set[str]:
+    """Dotted names of the sections whose default is ``{}``: free-form (e.g. a network's own options)."""
+    free = set()
+    for key, value in config.items():
+        if isinstance(value, dict):
+            free |= {f"{prefix}{key}"} if not value else _free_sections(value, f"{prefix}{key}.")
+    return free
+
+
+def _merge(config: dict, new: Mapping, *, source: str, free: set[str] = frozenset(), prefix: str = "") -> None:
     for key, value in new.items():
         dotted = f"{prefix}{key}"
         if key not in config:
@@ -115,7 +125,10 @@ def _merge(config: dict, new: Mapping, *, source: str, prefix: str = "") -> None
         if isinstance(config[key], dict):
             if not isinstance(value, Mapping):
                 raise BrainlearnError(f"{source}: {dotted!r} is a section, expected keys under it, got {value!r}.")
-            _merge(config[key], value, source=source, prefix=f"{dotted}.")
+            if dotted in free:  # passed on as given; the component that takes them checks them
+                config[key] = {**config[key], **copy.deepcopy(dict(value))}
+                continue
+            _merge(config[key], value, source=source, free=free, prefix=f"{dotted}.")
         else:
             config[key] = _checked(dotted, config[key], value, source)
 

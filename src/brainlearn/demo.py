@@ -1,10 +1,11 @@
-"""``brainlearn demo``: the pipeline so far on the built-in cohort, in about a minute on a laptop CPU.
+"""``brainlearn demo``: the pipeline so far on the built-in cohort, in a few minutes on a laptop CPU.
 
 1. generate a small cohort from real anatomy (T1, T2, FLAIR, FDG-PET, lesions, a held-out site) with its truth;
 2. read it as a BIDS folder into a checked participants table (subject-level splits come with it);
-3. cache T1 and PET into the memory-mapped store the training methods read;
-4. show the montage and the effects measured on the generated images, and time the cache.
-The later stages (training, evaluation, explanations, report) extend this demo as they land.
+3. cache T1 and PET into the memory-mapped store the training methods read, and time the cache;
+4. train a small AwareNet (AD vs CN) and a small SFCN brain-age model on the cached T1s, each with its
+   checkpoint, threshold or bias correction chosen on validation, and evaluate both on the test split.
+The later stages (explanations, report) extend this demo as they land.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     )
     montage = save_cohort_montage(cohort_dir, report.table, run.figures / "cohort_montage.png")
     effects = measured_effects(read_truths(cohort_dir, report.table))
-    log.info("step 1/3: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
+    log.info("step 1/4: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
     for diagnosis in ("CN", "MCI", "AD"):
         if f"cohort/{diagnosis}/n" in effects:
             log.info(
@@ -42,15 +43,16 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
 
     table = read_bids(cohort_dir)
     table_path = write_table(table, run.root / "participants.tsv")
-    log.info("step 2/3: participants table (splits by participant): %s", table_path)
+    log.info("step 2/4: participants table (splits by participant): %s", table_path)
 
     cached = build_cache(table, run.root / "cache", modalities=("t1", "pet"), dtype="float16", progress=True)
     speed = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=2)
     log.info(
-        "step 3/3: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
+        "step 3/4: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
         cached.n_volumes,
         speed["ratio"],
     )
+    trained = _train_models(run, config)
     log.info("look at: %s (T1, T2, FLAIR, PET of four subjects)", montage)
     log.info("         %s (participants), %s (measured effects)", table_path, run.metrics_path)
     log.info("         %s (ground truth: atrophy and hypometabolism maps)", cohort_dir / "derivatives" / "truth")
@@ -59,4 +61,56 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
         "demo/cohort_seconds": report.seconds,
         "demo/cached": cached.n_volumes,
         **{f"demo/cache_read/{key}": value for key, value in speed.items()},
+        **trained,
     }
+
+
+def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
+    """Step 4: the CPU configs of a classifier and a brain-age model, trained and evaluated in sub-run folders."""
+    from brainlearn.commands_train import TRAIN_COMMANDS, run_train_brain_age, run_train_classify
+    from brainlearn.config import load_config
+    from brainlearn.errors import BrainlearnError
+    from brainlearn.runs import Run
+
+    commands = {command.name: command for command in TRAIN_COMMANDS}
+    epochs = config["epochs"]
+    settings = {
+        "classify": [
+            "model_options={width: 16, dropout: 0.5}",
+            "downsample=2",
+            "batch_size=4",
+            "optimizer.lr=3.0e-4",
+            f"trainer.max_epochs={epochs}",
+            "trainer.patience=null",
+        ],
+        "brain-age": [
+            "model_options={channels: [8, 16, 32, 64, 64, 32]}",
+            "downsample=2",
+            "batch_size=4",
+            f"trainer.max_epochs={epochs}",
+            "trainer.patience=null",
+        ],
+    }
+    metrics: dict[str, Any] = {}
+    for name, train in (("classify", run_train_classify), ("brain-age", run_train_brain_age)):
+        overrides = [
+            *settings[name],
+            "trainer.progress_bar=false",
+            "evaluate.n_bootstrap=1000",
+            "model=" + ("awarenet" if name == "classify" else "sfcn"),
+        ]
+        sub = load_config(
+            commands[name].defaults,
+            flags={"cache": str(run.root / "cache"), "out": str(run.root / name)},
+            overrides=overrides,
+        )
+        try:
+            with Run(sub["out"], f"train {name}", sub) as sub_run:
+                result = train(sub, sub_run)
+                sub_run.write_metrics(result)
+        except BrainlearnError as error:  # e.g. a cohort too small to hold both classes in every split
+            log.warning("step 4/4: %s not trained: %s (generate more subjects)", name, error)
+            continue
+        metrics |= {f"demo/{name}/{key}": value for key, value in result.items() if key.startswith("test/")}
+        log.info("step 4/4: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
+    return metrics

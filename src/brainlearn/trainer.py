@@ -182,6 +182,10 @@ def fit(
     last = run_dir / "checkpoints" / f"{LAST_NAME}.ckpt"
     ckpt_path = last if last.is_file() else None
     with warnings.catch_warnings():
+        # Lightning 2.6 on torch 2.13 warns about its own use of a deprecated pytree API, and about a logging
+        # interval longer than a small epoch; neither is the user's to act on.
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+        warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")
         if ckpt_path is not None:
             logger.info("%s: resuming from step %d", last, read_global_step(last))
             # Lightning warns about a non-empty checkpoint folder, which is what resuming means.

@@ -1,0 +1,1 @@
+"""Training methods: one LightningModule each, built from plain networks and scalar settings."""

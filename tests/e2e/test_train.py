@@ -1,0 +1,122 @@
+"""``brainlearn train classify | brain-age`` and ``brainlearn evaluate`` end to end on a tiny built-in cohort."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from brainlearn.cli import main
+from brainlearn.metrics import choose_threshold
+
+
+def run(*args) -> int:
+    return main(["-q", *[str(a) for a in args]])
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort") / "cohort"
+    assert run("cohort", "--out", root, "--subjects", 30, "--spacing", 4, "--preset", "ad", "--seed", 1) == 0
+    table = pd.read_csv(root / "participants.tsv", sep="\t")
+    internal = table["split"] != "external"
+    table.loc[internal, "split"] = "train"
+    for split in ("val", "test"):  # two of each diagnosis, so that every metric is defined
+        for diagnosis in ("CN", "MCI", "AD"):
+            chosen = table[internal & (table["split"] == "train") & (table["diagnosis"] == diagnosis)].index[:2]
+            table.loc[chosen, "split"] = split
+    table.to_csv(root / "participants.tsv", sep="\t", index=False)
+    return root
+
+
+FAST = ["trainer.max_epochs=2", "trainer.progress_bar=false", "evaluate.n_bootstrap=100", "batch_size=4"]
+
+
+def test_classify_trains_selects_on_validation_and_evaluates(cohort, tmp_path):
+    out = tmp_path / "classify"
+    assert (
+        run(
+            "train",
+            "classify",
+            "--bids",
+            cohort,
+            "--out",
+            out,
+            "--model",
+            "resnet3d",
+            "model_options={widen_factor: 0.125}",
+            *FAST,
+        )
+        == 0
+    )
+    selection = json.loads((out / "selection.json").read_text())
+    val = pd.read_csv(out / "evaluation" / "val" / "predictions.tsv", sep="\t")
+    assert set(val["participant_id"]) <= set(
+        pd.read_csv(cohort / "participants.tsv", sep="\t").query("split == 'val'")["participant_id"]
+    )
+    assert selection["threshold"] == pytest.approx(
+        choose_threshold(val["label"], val["p_AD"]), rel=1e-4
+    )  # from val only
+    test = json.loads((out / "evaluation" / "test" / "metrics.json").read_text())
+    assert test["threshold"] == selection["threshold"]
+    for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "mcc", "roc_auc"):
+        estimate, lower, upper = test[name]
+        assert lower <= estimate <= upper or estimate != estimate  # NaN where undefined on a tiny test set
+    assert (out / "evaluation" / "test" / "confusion.png").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "test/roc_auc" in metrics and "val/loss" in metrics
+
+    # the same model on another table: the external, MRI-only site
+    assert (
+        run(
+            "evaluate",
+            "--checkpoint",
+            out,
+            "--bids",
+            cohort,
+            "--split",
+            "external",
+            "--out",
+            tmp_path / "ev",
+            "n_bootstrap=50",
+        )
+        == 0
+    )
+    external = pd.read_csv(tmp_path / "ev" / "predictions.tsv", sep="\t")
+    assert len(external) > 0 and set(external["diagnosis"]) <= {"CN", "AD"}
+
+
+def test_brain_age_trains_on_cn_and_reports_the_corrected_gap(cohort, tmp_path):
+    out = tmp_path / "age"
+    assert (
+        run(
+            "train",
+            "brain-age",
+            "--bids",
+            cohort,
+            "--out",
+            out,
+            "model_options={channels: [4, 8, 8, 8, 8, 8]}",
+            "train_diagnoses=[CN, MCI]",
+            *FAST,
+        )
+        == 0
+    )
+    test = json.loads((out / "evaluation" / "test" / "metrics.json").read_text())
+    assert test["mae"][0] > 0 and set(test["mean_gap"]) <= {"CN", "MCI", "AD"}
+    assert json.loads((out / "selection.json").read_text())["bias_correction"] is not None
+    assert (out / "evaluation" / "test" / "brain_age.png").exists()
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_training_run(tmp_path, capsys):
+    assert run("evaluate", "--checkpoint", tmp_path, "--table", tmp_path / "x.tsv", "--out", tmp_path / "ev") == 2
+    assert "not a finished brainlearn training run" in capsys.readouterr().err
+
+
+def test_volume_baseline_reports_next_to_the_deep_models(cohort, tmp_path):
+    out = tmp_path / "baseline"
+    assert run("baseline", "--bids", cohort, "--out", out, "--jobs", 1, "n_bootstrap=100") == 0
+    volumes = pd.read_csv(out / "volumes.tsv", sep="\t")
+    assert len(volumes) == 30 and (volumes["hippocampus_ml"] > 0).all()
+    test = json.loads((out / "evaluation" / "test" / "classify" / "metrics.json").read_text())
+    assert 0 <= test["roc_auc"][0] <= 1 and test["n"] == {"CN": 2, "AD": 2}
+    assert (out / "evaluation" / "test" / "brain-age" / "metrics.json").exists()

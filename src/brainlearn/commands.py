@@ -60,15 +60,18 @@ def run_table(config: dict[str, Any], run) -> dict[str, Any]:
 
 def run_split(config: dict[str, Any], run) -> dict[str, Any]:
     """Assign subject-level train/val/test splits (and folds) and save the table."""
-    from brainlearn.data.splits import assign_folds, assign_splits
+    from brainlearn.data.splits import assign_folds, assign_splits, stratum_column
     from brainlearn.data.tables import write_table
 
     table = read_input_table(config)
-    stratify = config["stratify"] or None
+    stratify = None
+    if config["stratify"]:  # one column, or several (numeric ones such as age cut into age_bins quantiles)
+        table = table.assign(_stratum=stratum_column(table, config["stratify"], bins=config["age_bins"]))
+        stratify = "_stratum"
     table = assign_splits(table, val=config["val"], test=config["test"], stratify=stratify, seed=config["seed"])
     if config["folds"]:
         table = assign_folds(table, k=config["folds"], stratify=stratify, seed=config["seed"])
-    out = write_table(table, run.root / "participants.tsv")
+    out = write_table(table.drop(columns="_stratum", errors="ignore"), run.root / "participants.tsv")
     log.info("wrote %s", out)
     return _table_counts(table)
 
@@ -267,7 +270,8 @@ COMMANDS = (
             "val": 0.15,
             "test": 0.15,
             "folds": 0,
-            "stratify": "diagnosis",
+            "stratify": ["diagnosis"],  # e.g. [diagnosis, age]: age-matched splits within each diagnosis
+            "age_bins": 3,  # quantile bins of each numeric stratify column
             "seed": 0,
             "out": "runs/split",
         },

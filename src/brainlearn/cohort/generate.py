@@ -191,16 +191,22 @@ def _write_subject(out: Path, pid: str, images: SubjectImages, affine: np.ndarra
 
 
 def _participants(rows: list[dict], *, seed: int, val: float, test: float) -> pd.DataFrame:
-    """participants.tsv: subject-level splits for the internal sites, ``external`` for the held-out site."""
-    from brainlearn.data.splits import assign_splits
+    """participants.tsv: subject-level splits for the internal sites, ``external`` for the held-out site.
+
+    Splits are stratified by diagnosis and age (quantile bins, up to terciles: one bin per 30 participants), so
+    that the diagnoses have alike ages in every split: ageing moves the same structures as AD here, and a
+    validation split whose AD participants are older than its CN would reward a model for telling age.
+    """
+    from brainlearn.data.splits import assign_splits, stratum_column
 
     table = pd.DataFrame([{k: row[k] for k in ("participant_id", "diagnosis", "age", "sex", "site")} for row in rows])
     table["session_id"] = "ses-01"
     internal = table[table["site"] != EXTERNAL_SITE]
-    stratify = "diagnosis" if internal["diagnosis"].notna().any() else None
+    columns = ["diagnosis", "age"] if internal["diagnosis"].notna().any() else ["age"]
     table["split"] = "external"
     if len(internal):
-        splits = assign_splits(internal, val=val, test=test, stratify=stratify, seed=seed)
+        internal = internal.assign(stratum=stratum_column(internal, columns, bins=max(1, min(3, len(internal) // 30))))
+        splits = assign_splits(internal, val=val, test=test, stratify="stratum", seed=seed)
         table.loc[internal.index, "split"] = splits["split"].to_numpy()
     return table[["participant_id", "diagnosis", "age", "sex", "site", "split"]]
 

@@ -138,6 +138,37 @@ def _is_missing(value: object) -> bool:
     return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
+def stratum_column(table: pd.DataFrame, columns, *, bins: int = 3) -> pd.Series:
+    """One stratum label per row from several columns; numeric columns (age) are cut into ``bins`` quantile bins.
+
+    Stratifying splits by diagnosis *and* age keeps every split's age distribution alike within each diagnosis, so
+    that validation cannot reward a model for telling old from young (age moves the same structures as AD).
+    Bins are computed over participants (one value each), labelled ``age:1/3`` … ; a missing value is its own bin.
+
+    Raises:
+        BrainlearnError: a column is missing, or ``bins`` is not an integer >= 1.
+    """
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    _check_columns(table, ("participant_id", *columns))
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 1:
+        raise BrainlearnError(f"age bins must be an integer >= 1, not {bins!r}.")
+    parts = []
+    for column in columns:
+        values = table[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            per_participant = values.groupby(table["participant_id"]).first()
+            edges = np.unique(np.nanquantile(per_participant, np.linspace(0, 1, bins + 1)))
+            codes = np.digitize(values, edges[1:-1], right=True) + 1
+            labels = [f"{column}:{c}/{bins}" for c in codes]
+            parts.append(pd.Series(np.where(values.isna(), f"{column}:missing", labels), index=table.index))
+        else:
+            parts.append(values.astype(object).where(values.notna(), f"{column}:missing").astype(str))
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = combined + "|" + part
+    return combined
+
+
 def _strata(table: pd.DataFrame, stratify: str | None) -> dict[Hashable, list]:
     """Stratum value -> its participants in sorted order; strata sorted, the missing stratum last."""
     _check_columns(table, ("participant_id",) if stratify is None else ("participant_id", stratify))

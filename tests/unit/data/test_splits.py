@@ -172,3 +172,34 @@ def test_external_participants_keep_their_split():
     result = assign_splits(table, val=0.2, test=0.2, seed=3)
     assert result["split"][:3].tolist() == ["external"] * 3
     assert set(result["split"][3:]) <= {"train", "val", "test"}
+
+
+def test_stratifying_by_diagnosis_and_age_matches_the_splits_ages():
+    from brainlearn.data.splits import stratum_column
+
+    rng = np.random.default_rng(0)
+    n = 300
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:03d}" for i in range(n)],
+            "diagnosis": rng.choice(["CN", "AD"], n),
+            "age": rng.uniform(55, 90, n).round(1),
+        }
+    )
+    strata = stratum_column(table, ["diagnosis", "age"], bins=3)
+    assert set(strata) == {f"{d}|age:{k}/3" for d in ("CN", "AD") for k in (1, 2, 3)}
+    young = table["age"] <= table["age"].quantile(1 / 3)
+    assert (strata[young].str.endswith("age:1/3")).all()
+    split = assign_splits(table.assign(stratum=strata), stratify="stratum", seed=1)
+    ages = split.groupby(["split", "diagnosis"])["age"].mean()
+    for diagnosis in ("CN", "AD"):  # within each diagnosis, val and test ages stay close to train's
+        assert abs(ages["val", diagnosis] - ages["train", diagnosis]) < 3.5
+        assert abs(ages["test", diagnosis] - ages["train", diagnosis]) < 3.5
+
+
+def test_stratum_column_reports_a_missing_column():
+    from brainlearn.data.splits import stratum_column
+
+    table = pd.DataFrame({"participant_id": ["a"], "diagnosis": ["CN"]})
+    with pytest.raises(BrainlearnError, match="age"):
+        stratum_column(table, ["diagnosis", "age"])

@@ -120,3 +120,24 @@ def test_volume_baseline_reports_next_to_the_deep_models(cohort, tmp_path):
     test = json.loads((out / "evaluation" / "test" / "classify" / "metrics.json").read_text())
     assert 0 <= test["roc_auc"][0] <= 1 and test["n"] == {"CN": 2, "AD": 2}
     assert (out / "evaluation" / "test" / "brain-age" / "metrics.json").exists()
+
+
+def test_a_tiny_model_learns_the_tiny_cohort(cohort, tmp_path):
+    """Training loss falls on real-looking volumes: the data path, the transform and the module fit together."""
+    from brainlearn.data.bids import read_bids
+    from brainlearn.data.cache import Cache, build_cache
+    from brainlearn.data.loaders import training_loaders
+    from brainlearn.methods.supervised import ClassifierModule
+    from brainlearn.models.networks import build_network
+    from brainlearn.trainer import fit
+
+    build_cache(read_bids(cohort), tmp_path / "cache", modalities=("t1",), progress=False)
+    train, val = training_loaders(
+        Cache(tmp_path / "cache"), modalities=["t1"], classes=["CN", "AD"], batch_size=4, augment=False
+    )
+    network = build_network("resnet3d", in_channels=1, outputs=2, options={"widen_factor": 0.125})
+    module = ClassifierModule(network, ("CN", "AD"), lr=3e-3, betas=(0.9, 0.999), lr_decay=1.0)
+    settings = {"max_epochs": 10, "progress_bar": False, "log_every_n_steps": 1}
+    fit(module, tmp_path / "run", settings, train_dataloaders=train, val_dataloaders=val)
+    losses = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")["train/loss_epoch"].dropna().tolist()
+    assert min(losses[-3:]) < 0.6 * losses[0], losses

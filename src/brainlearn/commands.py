@@ -127,6 +127,10 @@ def run_preprocess(config: dict[str, Any], run) -> dict[str, Any]:
     from brainlearn.preprocess.pipeline import preprocess_table
 
     table = read_input_table(config, on_missing="skip")
+    if config["convert"]:  # DICOM folders, .mgz, .mnc, ... in the table become NIfTI first (brainlearn convert)
+        from brainlearn.convert import convert_table_inputs
+
+        table = convert_table_inputs(table, run.root / "converted", average_frames=config["average_frames"])
     keys = ("steps", "spacing", "shape", "pad_to", "normalize", "suvr_reference")
     summary = preprocess_table(
         table, run.root, {key: config[key] for key in keys}, jobs=config["jobs"] or os.cpu_count() or 1
@@ -316,6 +320,8 @@ COMMANDS = (
             "pad_to": None,
             "normalize": {"mr": "zscore", "pet": "suvr"},
             "suvr_reference": "pons",
+            "convert": True,  # convert DICOM / MGZ / MINC / NRRD / Analyze / ECAT inputs to NIfTI first
+            "average_frames": False,  # 4D PET: average the frames (duration-weighted) instead of refusing
             "jobs": 0,
             "out": "runs/preprocess",
         },
@@ -404,5 +410,6 @@ COMMANDS = (
 )
 
 from brainlearn.commands_train import TRAIN_COMMANDS  # noqa: E402  (it imports Command from cli, as this module does)
+from brainlearn.convert.command import CONVERT_COMMAND  # noqa: E402
 
-COMMANDS = (*COMMANDS, *TRAIN_COMMANDS)
+COMMANDS = (CONVERT_COMMAND, *COMMANDS, *TRAIN_COMMANDS)

@@ -212,3 +212,22 @@ def test_preprocess_then_take_a_map_back_to_native_space(tmp_path):
     inside = np.asarray(native.dataobj) != 0
     r = np.corrcoef(np.asarray(native.dataobj)[inside], np.asarray(original.dataobj)[inside])[0, 1]
     assert r > 0.8  # the normalized T1 taken back lines up with the raw one
+
+
+def test_preprocess_converts_scanner_formats_first(tmp_path):
+    cohort = tmp_path / "cohort"
+    assert run("cohort", "--out", cohort, "--subjects", 1, "--spacing", 4, "--preset", "ad", "external=0") == 0
+    t1 = nib.load(cohort / "sub-001" / "anat" / "sub-001_T1w.nii.gz")
+    mgz = tmp_path / "raw" / "sub-001_T1w.mgz"  # a FreeSurfer user's file
+    mgz.parent.mkdir()
+    nib.save(nib.MGHImage(np.asarray(t1.dataobj, dtype=np.float32), t1.affine), mgz)
+    table = tmp_path / "table.tsv"
+    pd.DataFrame({"participant_id": ["sub-001"], "t1": [str(mgz)], "diagnosis": ["AD"]}).to_csv(
+        table, sep="\t", index=False
+    )
+    prep = tmp_path / "prep"
+    assert run("preprocess", "--table", table, "--out", prep, "--steps", "register", "--spacing", 4, "--jobs", 1) == 0
+    summary = pd.read_csv(prep / "summary.tsv", sep="\t")
+    assert summary["status"].tolist() == ["done"]
+    converted = list((prep / "converted").rglob("*.nii.gz"))
+    assert len(converted) == 1 and np.allclose(nib.load(converted[0]).affine, t1.affine, atol=1e-4)

@@ -403,13 +403,14 @@ COMMANDS = (
     Command(
         name="demo",
         help="run the whole path on a small built-in cohort and show what to look at",
-        defaults={"subjects": 48, "spacing": 2.0, "seed": 0, "epochs": 6, "out": "runs/demo"},
+        defaults={"subjects": 80, "spacing": 2.0, "seed": 0, "epochs": 12, "out": "runs/demo"},
         path_keys=("out",),
         run=run_demo,
     ),
 )
 
+from brainlearn.commands_segment import SEGMENT_COMMANDS  # noqa: E402
 from brainlearn.commands_train import TRAIN_COMMANDS  # noqa: E402  (it imports Command from cli, as this module does)
 from brainlearn.convert.command import CONVERT_COMMAND  # noqa: E402
 
-COMMANDS = (CONVERT_COMMAND, *COMMANDS, *TRAIN_COMMANDS)
+COMMANDS = (CONVERT_COMMAND, *COMMANDS, *TRAIN_COMMANDS, *SEGMENT_COMMANDS)

@@ -18,7 +18,7 @@ from brainlearn.trainer import TRAINER_DEFAULTS
 
 log = logging.getLogger("brainlearn")
 
-GROUPS = {"train": "train a model: classify (diagnosis) or brain-age"}
+GROUPS = {"train": "train a model: classify (diagnosis), brain-age or segment (lesions)"}
 
 _DATA_DEFAULTS = {
     "cache": None,  # a `brainlearn cache` folder; or give table / bids and the run caches them itself

@@ -1,0 +1,60 @@
+"""``brainlearn train segment`` and ``brainlearn segment`` end to end on a tiny built-in MS cohort."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainlearn.cli import main
+
+
+def run(*args) -> int:
+    return main(["-q", *[str(a) for a in args]])
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ms") / "cohort"
+    assert run("cohort", "--out", root, "--subjects", 10, "--spacing", 4, "--preset", "ms", "--seed", 2) == 0
+    return root
+
+
+SMALL_UNET = "model_options={decoder_channels: [32, 16, 16, 8, 8]}"
+FAST = [
+    "trainer.max_epochs=1",
+    "trainer.progress_bar=false",
+    "evaluate.n_bootstrap=50",
+    "samples_per_epoch=16",
+    "val_samples=16",
+    "batch_size=8",
+    "augment=false",
+]
+
+
+def test_train_segment_then_segment_new_images(cohort, tmp_path):
+    out = tmp_path / "seg"
+    assert run("train", "segment", "--bids", cohort, "--out", out, SMALL_UNET, *FAST) == 0
+    selection = json.loads((out / "selection.json").read_text())
+    assert 0 < selection["threshold"] < 1
+    table = pd.read_csv(out / "evaluation" / "test" / "subjects.tsv", sep="\t")
+    assert {"dice", "hd95", "lesion_tpr", "lesion_fp", "lesion_f1", "avd"} <= set(table.columns)
+    summary = json.loads((out / "evaluation" / "test" / "metrics.json").read_text())
+    assert summary["n"] == len(table) and "dice" in summary
+    assert len(list((out / "evaluation" / "test" / "masks").glob("*_lesions.nii.gz"))) == len(table)
+
+    anat = cohort / "sub-001" / "anat"
+    images = [anat / f"sub-001_{m}.nii.gz" for m in ("T1w", "T2w", "FLAIR")]
+    assert run("segment", "--checkpoint", out, "--in", *images, "--out", tmp_path / "new") == 0
+    mask, t1 = nib.load(tmp_path / "new" / "sub-001_T1w_lesions.nii.gz"), nib.load(images[0])
+    assert mask.shape == t1.shape and np.allclose(mask.affine, t1.affine)
+    assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_segment_refuses_the_wrong_number_of_images(cohort, tmp_path, capsys):
+    out = tmp_path / "seg"
+    assert run("train", "segment", "--bids", cohort, "--out", out, SMALL_UNET, *FAST) == 0
+    t1 = cohort / "sub-001" / "anat" / "sub-001_T1w.nii.gz"
+    assert run("segment", "--checkpoint", out, "--in", t1, "--out", tmp_path / "new") == 2
+    assert "the model takes 3 images (t1, t2, flair)" in capsys.readouterr().err

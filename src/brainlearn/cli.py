@@ -46,7 +46,12 @@ class Command:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``brainlearn`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes KEY=VALUE overrides only in one run; those given between options arrive here.
+    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.quiet)
     if not hasattr(args, "handler"):
         parser.print_help()

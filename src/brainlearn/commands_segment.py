@@ -88,7 +88,7 @@ def _loaders(cache, config: dict[str, Any]):
             train, lesion_fraction=config["lesion_fraction"], samples=config["samples_per_epoch"], seed=seed
         )
         val = LesionSliceDataset(cache, modalities=config["modalities"], split="val")
-        step = max(1, len(val) // config["val_samples"])
+        step = max(1, -(-len(val) // config["val_samples"]))  # ceil: at most val_samples slices
         val = Subset(val, range(0, len(val), step))  # every step-th slice: a fixed, unbiased sample
     else:
         patch = config["patch"]

@@ -18,7 +18,11 @@ from brainlearn.trainer import TRAINER_DEFAULTS
 
 log = logging.getLogger("brainlearn")
 
-GROUPS = {"train": "train a model: classify (diagnosis), brain-age or segment (lesions)"}
+GROUPS = {
+    "train": "train a model: classify (diagnosis), brain-age or segment (lesions)",
+    "pretrain": "self-supervised pretraining: simclr, context-encoder",
+    "experiment": "experiments over many runs: label-efficiency",
+}
 
 _DATA_DEFAULTS = {
     "cache": None,  # a `brainlearn cache` folder; or give table / bids and the run caches them itself
@@ -33,6 +37,12 @@ _DATA_DEFAULTS = {
 }
 _EVALUATE_DEFAULTS = {"splits": ["test", "external"], "n_bootstrap": 2000}
 _DATA_OPTIONS = (
+    ("--init-from", "init_from", {"metavar": "CKPT", "help": "initialize the backbone from a pretrained checkpoint"}),
+    (
+        "--freeze-encoder",
+        "freeze_encoder",
+        {"action": "store_const", "const": True, "help": "keep that backbone fixed"},
+    ),
     ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
     ("--table", "table", {"metavar": "FILE", "help": "participants table with a split column (cached into the run)"}),
     ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --table)"}),
@@ -105,6 +115,7 @@ def build_module(task: str, config: dict[str, Any], **extra):
             options=config["model_options"],
             dropout=config["dropout"],
         )
+        _initialize(network, config)
         return ClassifierModule(
             network,
             classes,
@@ -112,10 +123,14 @@ def build_module(task: str, config: dict[str, Any], **extra):
             betas=tuple(opt["betas"]),
             weight_decay=opt["weight_decay"],
             lr_decay=opt["lr_decay"],
+            freeze_backbone=bool(config.get("freeze_encoder")),
         )
     network = build_network(
         config["model"], in_channels=channels, outputs=1, options=config["model_options"], dropout=config["dropout"]
     )
+    _initialize(network, config)
+    if config.get("freeze_encoder"):
+        network.backbone.requires_grad_(False)  # AdamW skips parameters without gradients
     return BrainAgeModule(
         network,
         age_mean=extra.get("age_mean", 0.0),
@@ -126,6 +141,40 @@ def build_module(task: str, config: dict[str, Any], **extra):
         weight_decay=opt["weight_decay"],
         lr_decay=opt["lr_decay"],
     )
+
+
+def _initialize(network, config: dict[str, Any]) -> None:
+    """``init_from``: copy a pretrained backbone (e.g. ``brainlearn pretrain simclr``) into ``network``."""
+    if not config.get("init_from"):
+        if config.get("freeze_encoder"):
+            raise BrainlearnError("freeze_encoder needs init_from: freezing a random backbone trains only the head.")
+        return
+    if not hasattr(network, "backbone"):
+        raise BrainlearnError(
+            f"init_from: {config['model']} has no separate backbone to initialize; use a backbone "
+            "model (resnet3d, densenet3d, resnet50_slices, sfcn)."
+        )
+    load_backbone(network.backbone, Path(config["init_from"]))
+
+
+def load_backbone(backbone, path: Path) -> None:
+    """Load every ``...backbone.<name>`` tensor of a checkpoint into ``backbone``; all must be there and fit."""
+    from brainlearn.checkpoints import load_checkpoint
+
+    state = load_checkpoint(path)
+    state = state.get("state_dict", state)
+    weights = {key.split("backbone.", 1)[1]: value for key, value in state.items() if "backbone." in key}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(weights))
+    misfit = sorted(k for k in own if k in weights and weights[k].shape != own[k].shape)
+    if missing or misfit:
+        raise BrainlearnError(
+            f"{path}: its backbone does not fit this model ({len(missing)} tensors missing, e.g. "
+            f"{missing[:3]}; {len(misfit)} of another shape, e.g. {misfit[:3]}). Pretrain the same model with the "
+            "same model_options."
+        )
+    backbone.load_state_dict({k: weights[k] for k in own})
+    log.info("backbone initialized from %s (%d tensors)", path, len(own))
 
 
 def _select_and_evaluate(task: str, module, cache, config: dict[str, Any], run) -> dict[str, Any]:
@@ -223,7 +272,7 @@ def run_evaluate(config: dict[str, Any], run) -> dict[str, Any]:
     if task is None:
         raise BrainlearnError(f"{run_dir}: a {saved.get('command')!r} run; evaluate takes classify or brain-age runs.")
     selection = json.loads(selection_path.read_text(encoding="utf-8"))
-    module = build_module(task, saved)
+    module = build_module(task, {**saved, "init_from": None, "freeze_encoder": False})
     _load_weights(module, source if source.is_file() else run_dir / "checkpoints" / selection["checkpoint"])
     cache = open_cache(config, run.root, saved["modalities"])
     split = None if config["split"] in (None, "all") else config["split"]
@@ -346,13 +395,15 @@ TRAIN_COMMANDS = (
             "model": "awarenet",
             "model_options": {},
             "dropout": 0.0,
+            "init_from": None,  # a pretrained checkpoint whose backbone initializes this model
+            "freeze_encoder": False,
             # document 000's AwareNet stage: Adam 1e-4, β1 0.5, ×0.95 per epoch, patience 10
             "optimizer": {"lr": 1e-4, "betas": [0.5, 0.999], "weight_decay": 0.0, "lr_decay": 0.95},
             "trainer": _CLASSIFY_TRAINER,
             "evaluate": _EVALUATE_DEFAULTS,
             "out": "runs/classify",
         },
-        path_keys=("cache", "table", "bids", "out"),
+        path_keys=("cache", "table", "bids", "init_from", "out"),
         run=run_train_classify,
         options=(*_DATA_OPTIONS, ("--classes", "classes", {"nargs": "+", "help": "CN AD, or CN MCI AD"})),
     ),
@@ -367,6 +418,8 @@ TRAIN_COMMANDS = (
             "model": "sfcn",
             "model_options": {},
             "dropout": 0.0,
+            "init_from": None,
+            "freeze_encoder": False,
             "loss": "mse",
             "ranking_weight": 1.0,
             "optimizer": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-4, "lr_decay": 0.97},
@@ -374,7 +427,7 @@ TRAIN_COMMANDS = (
             "evaluate": _EVALUATE_DEFAULTS,
             "out": "runs/brain-age",
         },
-        path_keys=("cache", "table", "bids", "out"),
+        path_keys=("cache", "table", "bids", "init_from", "out"),
         run=run_train_brain_age,
         options=(*_DATA_OPTIONS, ("--loss", "loss", {"help": "mse, l1, mse+ranking, l1+ranking"})),
     ),

@@ -58,3 +58,44 @@ def test_segment_refuses_the_wrong_number_of_images(cohort, tmp_path, capsys):
     t1 = cohort / "sub-001" / "anat" / "sub-001_T1w.nii.gz"
     assert run("segment", "--checkpoint", out, "--in", t1, "--out", tmp_path / "new") == 2
     assert "the model takes 3 images (t1, t2, flair)" in capsys.readouterr().err
+
+
+def test_context_encoder_pretraining_initializes_the_segmenter(cohort, tmp_path):
+    pre = tmp_path / "ce"
+    assert (
+        run(
+            "pretrain",
+            "context-encoder",
+            "--bids",
+            cohort,
+            "--out",
+            pre,
+            SMALL_UNET,
+            "samples_per_epoch=8",
+            "val_samples=8",
+            "batch_size=4",
+            "trainer.max_epochs=1",
+            "trainer.progress_bar=false",
+        )
+        == 0
+    )
+    checkpoint = pre / "checkpoints" / "best.ckpt"
+    out = tmp_path / "seg"
+    assert (
+        run(
+            "train",
+            "segment",
+            "--bids",
+            cohort,
+            "--out",
+            out,
+            SMALL_UNET,
+            "--init-from",
+            checkpoint,
+            "--freeze-encoder",
+            *FAST,
+        )
+        == 0
+    )
+    log = (out / "log.txt").read_text()
+    assert "encoder initialized from" in log and "tensors" in log

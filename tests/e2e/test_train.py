@@ -141,3 +141,77 @@ def test_a_tiny_model_learns_the_tiny_cohort(cohort, tmp_path):
     fit(module, tmp_path / "run", settings, train_dataloaders=train, val_dataloaders=val)
     losses = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")["train/loss_epoch"].dropna().tolist()
     assert min(losses[-3:]) < 0.6 * losses[0], losses
+
+
+def test_label_efficiency_runs_both_arms_on_the_same_participants(cohort, tmp_path):
+    import torch
+
+    from brainlearn.models.backbones import create_backbone
+
+    options = {"channels": [4, 8, 8, 8, 8, 8]}
+    backbone = create_backbone("sfcn", 1, **options)  # stands in for a pretrained one
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, tmp_path / "p.ckpt")
+    out = tmp_path / "le"
+    args = [
+        "--fractions",
+        "50,100",
+        "--seeds",
+        1,
+        "model_options={channels: [4, 8, 8, 8, 8, 8]}",
+        "trainer.max_epochs=1",
+        "n_bootstrap=20",
+    ]
+    assert (
+        run(
+            "experiment", "label-efficiency", "--bids", cohort, "--pretrained", tmp_path / "p.ckpt", "--out", out, *args
+        )
+        == 0
+    )
+    results = pd.read_csv(out / "results.tsv", sep="\t")
+    assert len(results) == 4 and set(results["arm"]) == {"scratch", "pretrained"}
+    for _, same in results.groupby("fraction"):
+        assert same["participants"].nunique() == 1  # both arms saw the same labelled participants
+    assert (
+        results.loc[results["fraction"] == 50, "participants"].iloc[0]
+        < results.loc[results["fraction"] == 100, "participants"].iloc[0]
+    )
+    assert (out / "figures" / "label_efficiency.png").exists() and "± " in (out / "summary.md").read_text()
+
+
+def test_pretrain_simclr_then_fine_tune_from_its_backbone(cohort, tmp_path):
+    options = "model_options={channels: [4, 8, 8, 8, 8, 8]}"
+    assert (
+        run(
+            "pretrain",
+            "simclr",
+            "--bids",
+            cohort,
+            "--out",
+            tmp_path / "simclr",
+            options,
+            "batch_size=4",
+            "trainer.max_epochs=1",
+            "trainer.progress_bar=false",
+        )
+        == 0
+    )
+    checkpoint = tmp_path / "simclr" / "checkpoints" / "best.ckpt"
+    assert (
+        run(
+            "train",
+            "classify",
+            "--bids",
+            cohort,
+            "--out",
+            tmp_path / "cls",
+            "--model",
+            "sfcn",
+            options,
+            "--init-from",
+            checkpoint,
+            "--freeze-encoder",
+            *FAST,
+        )
+        == 0
+    )
+    assert "backbone initialized from" in (tmp_path / "cls" / "log.txt").read_text()

@@ -14,12 +14,14 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from brainlearn.data.cache import Cache
-from brainlearn.data.datasets import ImageMaskDataset
+from brainlearn.data.datasets import ImageMaskDataset, VolumeDataset
 from brainlearn.errors import BrainlearnError
 
 
 class LesionSliceDataset(Dataset):
     """Axial slices with their masks: ``image`` (C, X, Y) standardized, ``mask`` (1, X, Y) in {0, 1}.
+
+    A cache without ``"mask"`` gives unlabelled slices (no ``mask`` key), for pretraining.
 
     Only slices that cut the head (any non-zero voxel in the first channel) are kept.
 
@@ -33,12 +35,16 @@ class LesionSliceDataset(Dataset):
     def __init__(
         self, cache: Cache, *, modalities: Sequence[str], split: str | None, transform: Callable | None = None
     ):
-        self.volumes = ImageMaskDataset(cache, modalities=tuple(modalities), split=split)
+        self.with_mask = "mask" in cache.modalities  # without: unlabelled slices for pretraining
+        if self.with_mask:
+            self.volumes = ImageMaskDataset(cache, modalities=tuple(modalities), split=split)
+        else:
+            self.volumes = VolumeDataset(cache, modalities=tuple(modalities), classes=None, split=split)
         self.transform = transform
         self.stats, items, has_lesion = [], [], []
         for i, row in enumerate(self.volumes.rows):
             image = np.stack([cache.read(row, m) for m in self.volumes.modalities]).astype(np.float32)
-            mask = cache.read(row, "mask")
+            mask = cache.read(row, "mask") if self.with_mask else np.zeros(image.shape[1:], dtype=bool)
             self.stats.append(_channel_stats(image))
             present = np.flatnonzero(image[0].any(axis=(0, 1)))
             items.extend((i, int(k)) for k in present)
@@ -57,15 +63,15 @@ class LesionSliceDataset(Dataset):
         image = np.stack([cache.read_slice(row, m, 2, k) for m in self.volumes.modalities]).astype(np.float32)
         mean, std = self.stats[position]
         image = np.where(image != 0, (image - mean[:, None, None]) / std[:, None, None], 0.0).astype(np.float32)
-        mask = (cache.read_slice(row, "mask", 2, k) > 0).astype(np.float32)[None]
         participant_id, session_id = self.volumes._ids[position]
         item = {
             "image": torch.from_numpy(image),
-            "mask": torch.from_numpy(mask),
             "participant_id": participant_id,
             "session_id": session_id,
             "slice_index": k,
         }
+        if self.with_mask:
+            item["mask"] = torch.from_numpy((cache.read_slice(row, "mask", 2, k) > 0).astype(np.float32)[None])
         return self.transform(item) if self.transform is not None else item
 
 

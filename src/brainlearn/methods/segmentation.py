@@ -43,7 +43,7 @@ class SegmentModule(lightning.LightningModule):
         segmentation_loss(loss, torch.zeros(1, 1, 2), torch.zeros(1, 1, 2))  # an unknown name fails now
         if freeze_encoder:
             encoder_of(network).requires_grad_(False)
-        self._val: list[tuple[float, float, float]] = []
+        self._val: list[tuple[float, float, float, int]] = []
 
     def forward(self, image: Tensor) -> Tensor:
         """Lesion probabilities (B, 1, *spatial)."""
@@ -64,7 +64,12 @@ class SegmentModule(lightning.LightningModule):
         loss = segmentation_loss(self.loss_name, logits, batch["mask"], pos_weight=self.pos_weight)
         predicted, truth = logits > 0, batch["mask"] > 0.5
         self._val.append(
-            (float(loss) * len(logits), float((predicted & truth).sum()), float(predicted.sum() + truth.sum()))
+            (
+                float(loss) * len(logits),
+                float((predicted & truth).sum()),
+                float(predicted.sum() + truth.sum()),
+                len(logits),
+            )
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -72,7 +77,7 @@ class SegmentModule(lightning.LightningModule):
             return
         values = np.asarray(self._val)
         self._val.clear()
-        self.log("val/loss", values[:, 0].sum() / max(len(values), 1), prog_bar=True)
+        self.log("val/loss", values[:, 0].sum() / max(values[:, 3].sum(), 1), prog_bar=True)  # mean per image
         total = values[:, 2].sum()
         self.log("val/dice", 2 * values[:, 1].sum() / total if total else 1.0, prog_bar=True)
 

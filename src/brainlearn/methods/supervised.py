@@ -29,6 +29,7 @@ class ClassifierModule(lightning.LightningModule):
         betas: Adam betas (document 000: (0.5, 0.999)).
         weight_decay: Adam weight decay.
         lr_decay: learning-rate factor per epoch (exponential decay; 1 keeps it constant).
+        freeze_backbone: keep ``network.backbone`` fixed (weights and batch-norm statistics): a linear probe.
     """
 
     def __init__(
@@ -40,15 +41,23 @@ class ClassifierModule(lightning.LightningModule):
         betas: tuple[float, float] = (0.5, 0.999),
         weight_decay: float = 0.0,
         lr_decay: float = 0.95,
+        freeze_backbone: bool = False,
     ):
         super().__init__()
         self.network, self.classes = network, tuple(classes)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            network.backbone.requires_grad_(False)
         self.lr, self.betas, self.weight_decay, self.lr_decay = lr, tuple(betas), weight_decay, lr_decay
         self._val: list[tuple[Tensor, Tensor]] = []
 
     def forward(self, image: Tensor) -> Tensor:
         """Class probabilities (B, K)."""
         return logits_of(self.network(image)).float().softmax(dim=1)
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze_backbone:
+            self.network.backbone.eval()
 
     def training_step(self, batch: dict, batch_index: int) -> Tensor:
         loss = F.cross_entropy(logits_of(self.network(batch["image"])).float(), batch["label"])
@@ -73,7 +82,8 @@ class ClassifierModule(lightning.LightningModule):
         )
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(parameters, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 

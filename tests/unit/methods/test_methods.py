@@ -68,3 +68,34 @@ def test_brain_age_predicts_years_and_learns(tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
     ages = module.eval()(torch.stack([item["image"] for item in _blobs(4, 3)]))
     assert ages.shape == (4,) and ((ages > 30) & (ages < 110)).all()  # years, not standardized units
+
+
+def test_a_pretrained_backbone_loads_completely_or_not_at_all(tmp_path):
+    from brainlearn.commands_train import load_backbone
+    from brainlearn.errors import BrainlearnError
+
+    options = {"channels": [4, 8, 8, 8, 8, 8]}
+    source = build_network("sfcn", in_channels=1, outputs=2, options=options)
+    torch.save(
+        {"state_dict": {f"backbone.{k}": v for k, v in source.backbone.state_dict().items()}}, tmp_path / "a.ckpt"
+    )
+    target = build_network("sfcn", in_channels=1, outputs=2, options=options)
+    load_backbone(target.backbone, tmp_path / "a.ckpt")
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(value, target.backbone.state_dict()[key])
+    wider = build_network("sfcn", in_channels=1, outputs=2, options={"channels": [8, 8, 8, 8, 8, 8]})
+    import pytest
+
+    with pytest.raises(BrainlearnError, match="of another shape"):
+        load_backbone(wider.backbone, tmp_path / "a.ckpt")
+
+
+def test_frozen_backbone_stays_put_while_the_head_learns(tmp_path):
+    network = build_network("sfcn", in_channels=1, outputs=2, options={"channels": [4, 8, 8, 8, 8, 8]})
+    before = {k: v.clone() for k, v in network.backbone.state_dict().items()}
+    head = network.head.linear.weight.clone()
+    module = ClassifierModule(network, ("CN", "AD"), lr=1e-2, freeze_backbone=True)
+    data = DataLoader(_blobs(8, 0), batch_size=4)
+    fit(module, tmp_path, {"max_epochs": 2, "progress_bar": False}, train_dataloaders=data, val_dataloaders=data)
+    assert all(torch.equal(before[k], v) for k, v in network.backbone.state_dict().items())
+    assert not torch.equal(head, network.head.linear.weight)

@@ -1,0 +1,182 @@
+"""``brainlearn pretrain simclr | context-encoder``: self-supervised pretraining on scans without labels.
+
+Both write a training run folder whose ``checkpoints/best.ckpt`` (lowest validation loss) carries the weights a
+downstream model starts from: ``backbone.*`` for SimCLR (``train classify --init-from``, ``experiment
+label-efficiency --pretrained``), ``generator.network.encoder.*`` for the context encoder (``train segment
+--init-from``). Only the training split is used for pretraining and the validation split for checkpoint
+selection; no label is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from brainlearn.cli import Command
+from brainlearn.trainer import TRAINER_DEFAULTS
+
+log = logging.getLogger("brainlearn")
+
+
+def run_pretrain_simclr(config: dict[str, Any], run) -> dict[str, Any]:
+    """SimCLR (document 001): two augmented views per volume, NT-Xent, SAM around SGD or AdamW."""
+    from torch.utils.data import DataLoader
+
+    from brainlearn.commands_train import open_cache
+    from brainlearn.data.datasets import VolumeDataset
+    from brainlearn.data.loaders import VolumeTransform
+    from brainlearn.methods.simclr import SimCLRModule, TwoViews, simclr_views
+    from brainlearn.models.backbones import create_backbone
+    from brainlearn.trainer import fit
+
+    cache = open_cache(config, run.root, config["modalities"])
+    seed = config["trainer"]["seed"]
+
+    def views(split: str, offset: int) -> TwoViews:
+        volumes = VolumeDataset(
+            cache,
+            modalities=tuple(config["modalities"]),
+            classes=None,
+            split=split,
+            transform=VolumeTransform(downsample=config["downsample"]),
+        )
+        return TwoViews(volumes, simclr_views("3d", seed=seed + offset))
+
+    train, val = views("train", 0), views("val", 1)
+    common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
+    backbone = create_backbone(config["model"], len(config["modalities"]), **config["model_options"])
+    opt = config["optimizer"]
+    module = SimCLRModule(
+        backbone,
+        temperature=config["temperature"],
+        lr=opt["lr"],
+        momentum=opt["momentum"],
+        rho=opt["rho"],
+        adaptive=opt["adaptive"],
+        optimizer=opt["name"],
+        weight_decay=opt["weight_decay"],
+        use_sam=opt["sam"],
+    )
+    log.info("pretraining on %d unlabelled volumes, validating on %d", len(train), len(val))
+    fit(
+        module,
+        run.root,
+        config["trainer"],
+        train_dataloaders=DataLoader(train, shuffle=True, drop_last=True, **common),
+        val_dataloaders=DataLoader(val, **common),
+    )
+    best = _best(run.root)
+    log.info("look at: %s — pass it as --init-from / --pretrained (its backbone.* weights)", best)
+    return {"pretrain/checkpoint": str(best)}
+
+
+def run_pretrain_context_encoder(config: dict[str, Any], run) -> dict[str, Any]:
+    """Document 002's context encoder: a U-Net generator fills checkerboard-masked slices against a PatchGAN."""
+    from torch.utils.data import DataLoader, RandomSampler, Subset
+
+    from brainlearn.commands_train import open_cache
+    from brainlearn.data.lesions import LesionSliceDataset
+    from brainlearn.methods.context_encoder import ContextEncoderModule, PatchDiscriminator, build_generator
+    from brainlearn.trainer import fit
+
+    cache = open_cache(config, run.root, config["modalities"])
+    train = LesionSliceDataset(cache, modalities=config["modalities"], split="train")
+    val = LesionSliceDataset(cache, modalities=config["modalities"], split="val")
+    val = Subset(val, range(0, len(val), max(1, -(-len(val) // config["val_samples"]))))
+    sampler = RandomSampler(train, replacement=True, num_samples=config["samples_per_epoch"])
+    common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
+    channels, opt = len(config["modalities"]), config["optimizer"]
+    module = ContextEncoderModule(
+        build_generator(channels, config["model_options"]),
+        PatchDiscriminator(2 * channels),  # the (masked input, image) pair
+        l1_weight=config["l1_weight"],
+        lr=opt["lr"],
+        betas=tuple(opt["betas"]),
+        cells=tuple(config["cells"]),
+        seed=config["trainer"]["seed"],
+    )
+    log.info("pretraining on %d of %d unlabelled slices per epoch", len(sampler), len(train))
+    fit(
+        module,
+        run.root,
+        config["trainer"],
+        train_dataloaders=DataLoader(train, sampler=sampler, **common),
+        val_dataloaders=DataLoader(val, **common),
+    )
+    best = _best(run.root)
+    log.info("look at: %s — pass it to train segment --init-from (its generator.network.encoder.* weights)", best)
+    return {"pretrain/checkpoint": str(best)}
+
+
+def _best(root):
+    best, last = root / "checkpoints" / "best.ckpt", root / "checkpoints" / "last.ckpt"
+    return best if best.exists() else last
+
+
+PRETRAIN_COMMANDS = (
+    Command(
+        name="simclr",
+        group="pretrain",
+        help="SimCLR on unlabelled volumes: two views, NT-Xent, SAM (document 001), exports a backbone",
+        defaults={
+            "cache": None,
+            "table": None,
+            "bids": None,
+            "labels": ["CN", "MCI", "AD"],
+            "modalities": ["t1"],
+            "model": "sfcn",
+            "model_options": {},
+            "downsample": 2,
+            "batch_size": 8,
+            "num_workers": 0,
+            "temperature": 0.1,
+            # document 001: SGD with SAM, lr 1e-2, momentum 0.9 (its SAM was adaptive with rho 2)
+            "optimizer": {
+                "name": "sgd",
+                "lr": 1e-2,
+                "momentum": 0.9,
+                "weight_decay": 0.0,
+                "sam": True,
+                "rho": 0.05,
+                "adaptive": False,
+            },
+            "trainer": {**TRAINER_DEFAULTS, "max_epochs": 30, "monitor": "val/loss", "mode": "min"},
+            "out": "runs/pretrain-simclr",
+        },
+        path_keys=("cache", "table", "bids", "out"),
+        run=run_pretrain_simclr,
+        options=(
+            ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
+            ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),
+            ("--model", "model", {"help": "backbone: sfcn, resnet3d, densenet3d, resnet50_slices"}),
+        ),
+    ),
+    Command(
+        name="context-encoder",
+        group="pretrain",
+        help="context encoder on unlabelled slices: fill checkerboard holes, L1 + adversarial (document 002)",
+        defaults={
+            "cache": None,
+            "table": None,
+            "bids": None,
+            "labels": ["CN", "MCI", "AD"],
+            "modalities": ["t1", "t2", "flair"],
+            "model_options": {},  # the U-Net's, e.g. decoder_channels: must match train segment's to transfer
+            "cells": [8, 24],  # checkerboard cell size range in pixels (document 002: 16)
+            "l1_weight": 100.0,
+            "samples_per_epoch": 512,
+            "val_samples": 256,
+            "batch_size": 16,
+            "num_workers": 0,
+            "optimizer": {"lr": 2e-4, "betas": [0.5, 0.999]},
+            "trainer": {**TRAINER_DEFAULTS, "max_epochs": 10, "monitor": "val/l1", "mode": "min"},
+            "out": "runs/pretrain-context-encoder",
+        },
+        path_keys=("cache", "table", "bids", "out"),
+        run=run_pretrain_context_encoder,
+        options=(
+            ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
+            ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),
+        ),
+    ),
+)

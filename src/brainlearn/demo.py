@@ -4,7 +4,8 @@
 2. read it as a BIDS folder into a checked participants table (subject-level splits come with it);
 3. cache T1 and PET into the memory-mapped store the training methods read, and time the cache;
 4. train a small AwareNet (AD vs CN) and a small SFCN brain-age model on the cached T1s, each with its
-   checkpoint, threshold or bias correction chosen on validation, and evaluate both on the test split.
+   checkpoint, threshold or bias correction chosen on validation, and evaluate both on the test split;
+5. train a small 2D U-Net on the participants with lesions and evaluate it lesion-wise on the test split.
 The later stages (explanations, report) extend this demo as they land.
 """
 
@@ -30,7 +31,7 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     )
     montage = save_cohort_montage(cohort_dir, report.table, run.figures / "cohort_montage.png")
     effects = measured_effects(read_truths(cohort_dir, report.table))
-    log.info("step 1/4: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
+    log.info("step 1/5: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
     for diagnosis in ("CN", "MCI", "AD"):
         if f"cohort/{diagnosis}/n" in effects:
             log.info(
@@ -43,12 +44,12 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
 
     table = read_bids(cohort_dir)
     table_path = write_table(table, run.root / "participants.tsv")
-    log.info("step 2/4: participants table (splits by participant): %s", table_path)
+    log.info("step 2/5: participants table (splits by participant): %s", table_path)
 
     cached = build_cache(table, run.root / "cache", modalities=("t1", "pet"), dtype="float16", progress=True)
     speed = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=2)
     log.info(
-        "step 3/4: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
+        "step 3/5: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
         cached.n_volumes,
         speed["ratio"],
     )
@@ -115,11 +116,50 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
                 result = train(sub, sub_run)
                 sub_run.write_metrics(result)
         except BrainlearnError as error:  # e.g. a cohort too small to hold both classes in every split
-            log.warning("step 4/4: %s not trained: %s (generate more subjects)", name, error)
+            log.warning("step 4/5: %s not trained: %s (generate more subjects)", name, error)
             continue
         metrics |= {f"demo/{name}/{key}": value for key, value in result.items() if key.startswith("test/")}
-        log.info("step 4/4: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
-    return metrics
+        log.info("step 4/5: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
+    return metrics | _segment_lesions(run, config)
+
+
+def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
+    """Step 5: a small 2D U-Net (ResNet-34 encoder) on the participants with lesions, evaluated lesion-wise."""
+    from brainlearn.commands_segment import SEGMENT_COMMANDS, run_train_segment
+    from brainlearn.config import load_config
+    from brainlearn.data.bids import read_bids
+    from brainlearn.data.cache import build_cache
+    from brainlearn.errors import BrainlearnError
+    from brainlearn.runs import Run
+
+    table = read_bids(run.root / "cohort")
+    with_lesions = table[table["mask"].notna()]
+    build_cache(with_lesions, run.root / "lesion-cache", modalities=("t1", "t2", "flair", "mask"), progress=True)
+    overrides = [
+        "model_options={decoder_channels: [64, 32, 16, 16, 8]}",
+        "samples_per_epoch=256",
+        "val_samples=128",
+        "lesion_fraction=0.8",
+        "pos_weight=5",
+        f"trainer.max_epochs={max(1, config['epochs'] // 2)}",
+        "trainer.progress_bar=false",
+        "evaluate.n_bootstrap=1000",
+    ]
+    command = next(c for c in SEGMENT_COMMANDS if c.group == "train")
+    sub = load_config(
+        command.defaults,
+        flags={"cache": str(run.root / "lesion-cache"), "out": str(run.root / "segment")},
+        overrides=overrides,
+    )
+    try:
+        with Run(sub["out"], "train segment", sub) as sub_run:
+            result = run_train_segment(sub, sub_run)
+            sub_run.write_metrics(result)
+    except BrainlearnError as error:
+        log.warning("step 5/5: lesions not segmented: %s (generate more subjects)", error)
+        return {}
+    log.info("step 5/5: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
+    return {f"demo/segment/{key}": value for key, value in result.items() if key.startswith("test/")}
 
 
 def _log_results(trained: dict[str, Any]) -> None:
@@ -128,6 +168,8 @@ def _log_results(trained: dict[str, Any]) -> None:
         ("demo/classify/test/roc_auc", "AwareNet AD vs CN, test ROC-AUC", ""),
         ("demo/classify/test/balanced_accuracy", "AwareNet AD vs CN, test balanced accuracy", ""),
         ("demo/brain-age/test/mae", "SFCN brain age, test MAE (CN)", " years"),
+        ("demo/segment/test/dice", "U-Net lesion segmentation, test Dice", ""),
+        ("demo/segment/test/lesion_f1", "U-Net lesion segmentation, test lesion-wise F1", ""),
     ):
         if key in trained:
             estimate, lower, upper = trained[key]

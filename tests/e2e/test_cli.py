@@ -143,6 +143,8 @@ def test_demo_runs_on_a_tiny_cohort(tmp_path):
     assert metrics["demo/cached"] == 24
     assert "demo/classify/test/roc_auc" in metrics and "demo/brain-age/test/mae" in metrics
     assert (tmp_path / "demo" / "classify" / "evaluation" / "test" / "confusion.png").exists()
+    assert "demo/segment/test/dice" in metrics
+    assert list((tmp_path / "demo" / "segment" / "evaluation" / "test" / "masks").glob("*_lesions.nii.gz"))
     assert metrics["cohort/jacobian_min"] > 0
     assert (tmp_path / "demo" / "figures" / "cohort_montage.png").stat().st_size > 10_000
     assert run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1") == 0  # resumes

@@ -92,6 +92,11 @@ def _loaders(cache, config: dict[str, Any]):
         val = Subset(val, range(0, len(val), step))  # every step-th slice: a fixed, unbiased sample
     else:
         patch = config["patch"]
+        if patch < 64 or patch % 32:
+            raise BrainlearnError(
+                f"patch must be a multiple of 32 and at least 64 for swin_unetr (its deepest "
+                f"stage needs 2 voxels per axis after five halvings), not {patch}."
+            )
         train = LesionPatchDataset(
             cache,
             modalities=config["modalities"],

@@ -99,3 +99,31 @@ def test_context_encoder_pretraining_initializes_the_segmenter(cohort, tmp_path)
     )
     log = (out / "log.txt").read_text()
     assert "encoder initialized from" in log and "tensors" in log
+
+
+def test_swin_unetr_trains_on_patches_and_infers_by_sliding_window(cohort, tmp_path):
+    out = tmp_path / "swin"
+    assert (
+        run(
+            "train",
+            "segment",
+            "--bids",
+            cohort,
+            "--out",
+            out,
+            "--model",
+            "swin_unetr",
+            "model_options={feature_size: 12}",
+            "patch=64",
+            "samples_per_epoch=4",
+            "batch_size=2",
+            "trainer.max_epochs=1",
+            "trainer.progress_bar=false",
+            "evaluate.n_bootstrap=20",
+            "evaluate.splits=[test]",
+            "val_samples=2",
+        )
+        == 0
+    )
+    table = pd.read_csv(out / "evaluation" / "test" / "subjects.tsv", sep="\t")
+    assert len(table) > 0 and table["dice"].between(0, 1).all()

@@ -125,6 +125,9 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
 
 def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
     """Step 5: a small 2D U-Net (ResNet-34 encoder) on the participants with lesions, evaluated lesion-wise."""
+    import nibabel as nib
+    import numpy as np
+
     from brainlearn.commands_segment import SEGMENT_COMMANDS, run_train_segment
     from brainlearn.config import load_config
     from brainlearn.data.bids import read_bids
@@ -133,7 +136,8 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
     from brainlearn.runs import Run
 
     table = read_bids(run.root / "cohort")
-    with_lesions = table[table["mask"].notna()]
+    has_lesions = [isinstance(path, str) and bool(np.asarray(nib.load(path).dataobj).any()) for path in table["mask"]]
+    with_lesions = table[has_lesions]  # an empty mask would score a perfect Dice for predicting nothing
     build_cache(with_lesions, run.root / "lesion-cache", modalities=("t1", "t2", "flair", "mask"), progress=True)
     overrides = [
         "model_options={decoder_channels: [64, 32, 16, 16, 8]}",

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from brainlearn.cli import Command
+from brainlearn.commands_train import _kept_checkpoint
 from brainlearn.trainer import TRAINER_DEFAULTS
 
 log = logging.getLogger("brainlearn")
@@ -65,7 +66,7 @@ def run_pretrain_simclr(config: dict[str, Any], run) -> dict[str, Any]:
         train_dataloaders=DataLoader(train, shuffle=True, drop_last=True, **common),
         val_dataloaders=DataLoader(val, **common),
     )
-    best = _best(run.root)
+    best = _kept_checkpoint(run.root)
     log.info("look at: %s — pass it as --init-from / --pretrained (its backbone.* weights)", best)
     return {"pretrain/checkpoint": str(best)}
 
@@ -103,14 +104,9 @@ def run_pretrain_context_encoder(config: dict[str, Any], run) -> dict[str, Any]:
         train_dataloaders=DataLoader(train, sampler=sampler, **common),
         val_dataloaders=DataLoader(val, **common),
     )
-    best = _best(run.root)
+    best = _kept_checkpoint(run.root)
     log.info("look at: %s — pass it to train segment --init-from (its generator.network.encoder.* weights)", best)
     return {"pretrain/checkpoint": str(best)}
-
-
-def _best(root):
-    best, last = root / "checkpoints" / "best.ckpt", root / "checkpoints" / "last.ckpt"
-    return best if best.exists() else last
 
 
 PRETRAIN_COMMANDS = (

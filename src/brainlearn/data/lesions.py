@@ -135,6 +135,7 @@ class LesionPatchDataset(Dataset):
         self.volumes = ImageMaskDataset(cache, modalities=tuple(modalities), split=split)
         self.patch, self.samples, self.lesion_fraction = patch, samples_per_volume, lesion_fraction
         self.transform, self._rng = transform, np.random.default_rng(seed)
+        self._centres: dict[int, tuple] = {}  # position -> (stats, lesion voxels, head voxels), found once
 
     def __len__(self) -> int:
         return len(self.volumes.rows) * self.samples
@@ -142,12 +143,16 @@ class LesionPatchDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         position = index // self.samples
         row, cache = self.volumes.rows[position], self.volumes.cache
-        image = standardized_volume(cache, row, self.volumes.modalities)
+        image = np.stack([cache.read(row, m) for m in self.volumes.modalities]).astype(np.float32)
         mask = (cache.read(row, "mask") > 0).astype(np.float32)[None]
-        lesion = np.argwhere(mask[0])
-        pool = lesion if len(lesion) and self._rng.random() < self.lesion_fraction else np.argwhere(image[0] != 0)
+        if position not in self._centres:
+            self._centres[position] = (_channel_stats(image), np.argwhere(mask[0]), np.argwhere(image[0] != 0))
+        (mean, std), lesion, head = self._centres[position]
+        pool = lesion if len(lesion) and self._rng.random() < self.lesion_fraction else head
         centre = pool[self._rng.integers(len(pool))] if len(pool) else np.array(image.shape[1:]) // 2
         image, mask = _crop(image, centre, self.patch), _crop(mask, centre, self.patch)
+        scale = (slice(None), None, None, None)
+        image = np.where(image != 0, (image - mean[scale]) / std[scale], 0.0).astype(np.float32)  # as the whole
         participant_id, session_id = self.volumes._ids[position]
         item = {
             "image": torch.from_numpy(image),

@@ -1,10 +1,11 @@
-"""``brainlearn pretrain simclr | context-encoder``: self-supervised pretraining on scans without labels.
+"""``brainlearn pretrain simclr | context-encoder | inpaint``: self-supervised pretraining on scans without labels.
 
-Both write a training run folder whose ``checkpoints/best.ckpt`` (lowest validation loss) carries the weights a
+Each writes a training run folder whose ``checkpoints/best.ckpt`` (lowest validation loss) carries the weights a
 downstream model starts from: ``backbone.*`` for SimCLR (``train classify --init-from``, ``experiment
-label-efficiency --pretrained``), ``generator.network.encoder.*`` for the context encoder (``train segment
---init-from``). Only the training split is used for pretraining and the validation split for checkpoint
-selection; no label is read.
+label-efficiency --pretrained``), ``generator.network.encoder.*`` for the context encoder and
+``network.network.swinViT.*`` for inpainting (``train segment --init-from``, with the same ``model_options``).
+Only the training split is used for pretraining and the validation split for checkpoint selection; no label or
+lesion mask is read.
 """
 
 from __future__ import annotations
@@ -109,6 +110,51 @@ def run_pretrain_context_encoder(config: dict[str, Any], run) -> dict[str, Any]:
     return {"pretrain/checkpoint": str(best)}
 
 
+def run_pretrain_inpaint(config: dict[str, Any], run) -> dict[str, Any]:
+    """Document 003's pretraining: a 3D Swin UNETR reconstructs masked cubes of flipped patches, L1 + MS-SSIM."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from brainlearn.commands_segment import check_swin_patch
+    from brainlearn.commands_train import open_cache
+    from brainlearn.data.lesions import LesionPatchDataset
+    from brainlearn.methods.inpainting import InpaintingModule, build_inpainter
+    from brainlearn.trainer import fit
+
+    check_swin_patch(config["patch"])
+    cache = open_cache(config, run.root, config["modalities"])
+    seed, modalities = config["trainer"]["seed"], config["modalities"]
+    patches = {"modalities": modalities, "patch": config["patch"], "lesion_fraction": 0.0}  # any head voxel
+    train = LesionPatchDataset(cache, split="train", seed=seed, **patches)
+    val = LesionPatchDataset(cache, split="val", seed=seed + 1, **patches)
+    step = max(1, -(-len(val) // config["val_samples"]))  # ceil: at most val_samples patches
+    val = [val[i] for i in range(0, len(val), step)]  # cropped once: the same patches at every epoch
+    sampler = RandomSampler(train, replacement=True, num_samples=config["samples_per_epoch"])
+    common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
+    opt = config["optimizer"]
+    module = InpaintingModule(
+        build_inpainter(len(modalities), config["model_options"]),
+        mask_patch=config["mask_patch"],
+        mask_fraction=config["mask_fraction"],
+        ssim_weight=config["ssim_weight"],
+        lr=opt["lr"],
+        weight_decay=opt["weight_decay"],
+        seed=seed,
+    )
+    log.info(
+        "pretraining on %d unlabelled %d³ patches per epoch, validating on %d", len(sampler), config["patch"], len(val)
+    )
+    fit(
+        module,
+        run.root,
+        config["trainer"],
+        train_dataloaders=DataLoader(train, sampler=sampler, **common),
+        val_dataloaders=DataLoader(val, batch_size=config["batch_size"]),
+    )
+    best = _kept_checkpoint(run.root)
+    log.info("look at: %s — pass it to train segment --init-from (its network.network.swinViT.* weights)", best)
+    return {"pretrain/checkpoint": str(best)}
+
+
 PRETRAIN_COMMANDS = (
     Command(
         name="simclr",
@@ -170,6 +216,36 @@ PRETRAIN_COMMANDS = (
         },
         path_keys=("cache", "table", "bids", "out"),
         run=run_pretrain_context_encoder,
+        options=(
+            ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
+            ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),
+        ),
+    ),
+    Command(
+        name="inpaint",
+        group="pretrain",
+        help="Swin UNETR on unlabelled 3D patches: reconstruct masked cubes, L1 + MS-SSIM (document 003)",
+        defaults={
+            "cache": None,
+            "table": None,
+            "bids": None,
+            "labels": ["CN", "MCI", "AD"],
+            "modalities": ["t1"],
+            "model_options": {},  # the Swin UNETR's, e.g. feature_size: must match train segment's to transfer
+            "patch": 64,  # voxels per axis, a multiple of 32
+            "mask_patch": 8,  # edge of the hidden cubes in voxels
+            "mask_fraction": 0.4,  # share of the cubes hidden
+            "ssim_weight": 1.0,  # loss = masked L1 + ssim_weight × (1 − MS-SSIM)
+            "samples_per_epoch": 256,
+            "val_samples": 32,
+            "batch_size": 2,
+            "num_workers": 0,
+            "optimizer": {"lr": 1e-3, "weight_decay": 0.01},  # AdamW (document 003)
+            "trainer": {**TRAINER_DEFAULTS, "max_epochs": 20, "monitor": "val/l1", "mode": "min"},
+            "out": "runs/pretrain-inpaint",
+        },
+        path_keys=("cache", "table", "bids", "out"),
+        run=run_pretrain_inpaint,
         options=(
             ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
             ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),

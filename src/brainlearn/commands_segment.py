@@ -55,13 +55,21 @@ def build_segment_module(config: dict[str, Any]):
 
 
 def load_encoder(network, path: Path) -> None:
-    """Copy the encoder weights of a checkpoint (``...encoder.<name>`` keys) into ``network``'s encoder."""
+    """Copy every encoder tensor of a checkpoint into ``network``'s encoder, or stop and say why not.
+
+    The encoder's keys are those holding ``"<encoder name>."`` (``generator.network.encoder.*`` from the context
+    encoder, ``network.network.swinViT.*`` from inpainting); the part after its last occurrence names the tensor.
+
+    Raises:
+        BrainlearnError: no tensor fits, or some are missing, extra or of another shape (another architecture).
+    """
     from brainlearn.checkpoints import load_checkpoint
-    from brainlearn.models.segmenters import encoder_of
+    from brainlearn.models.segmenters import encoder_name, encoder_of
 
     state = load_checkpoint(path)
     state = state.get("state_dict", state)
-    weights = {key.rsplit("encoder.", 1)[1]: value for key, value in state.items() if "encoder." in key}
+    prefix = f"{encoder_name(network)}."
+    weights = {key.rsplit(prefix, 1)[1]: value for key, value in state.items() if prefix in key}
     encoder = encoder_of(network)
     own = encoder.state_dict()
     usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
@@ -70,8 +78,30 @@ def load_encoder(network, path: Path) -> None:
             f"{path}: no encoder weights that fit this network's encoder ({len(own)} tensors); "
             "pass a checkpoint of the same encoder (e.g. from brainlearn pretrain)."
         )
-    encoder.load_state_dict(usable, strict=False)
+    problems = [f"{k}: missing from the checkpoint" for k in own if k not in weights]
+    problems += [
+        f"{k}: {tuple(weights[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
+        for k in own
+        if k in weights and k not in usable
+    ]
+    problems += [f"{k}: not in this encoder" for k in weights if k not in own]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise BrainlearnError(
+            f"{path}: its encoder is not this network's: {'; '.join(problems[:3])}{more}. Build the segmenter "
+            "with the same model, model_options and modalities as the pretraining run."
+        )
+    encoder.load_state_dict(usable)
     log.info("encoder initialized from %s: %d of %d tensors", path, len(usable), len(own))
+
+
+def check_swin_patch(patch: int) -> None:
+    """Refuse a Swin UNETR patch (voxels per axis) that its five halvings cannot take."""
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 64 or patch % 32:
+        raise BrainlearnError(
+            f"patch must be a multiple of 32 and at least 64 for swin_unetr (its deepest stage needs 2 voxels per "
+            f"axis after five halvings), not {patch!r}."
+        )
 
 
 def _loaders(cache, config: dict[str, Any]):
@@ -92,11 +122,7 @@ def _loaders(cache, config: dict[str, Any]):
         val = Subset(val, range(0, len(val), step))  # every step-th slice: a fixed, unbiased sample
     else:
         patch = config["patch"]
-        if patch < 64 or patch % 32:
-            raise BrainlearnError(
-                f"patch must be a multiple of 32 and at least 64 for swin_unetr (its deepest "
-                f"stage needs 2 voxels per axis after five halvings), not {patch}."
-            )
+        check_swin_patch(patch)
         train = LesionPatchDataset(
             cache,
             modalities=config["modalities"],

@@ -1,6 +1,7 @@
-"""``brainlearn train segment`` and ``brainlearn segment`` end to end on a tiny built-in MS cohort."""
+"""``brainlearn train segment``, ``segment`` and their pretraining end to end on a tiny built-in MS cohort."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -127,3 +128,26 @@ def test_swin_unetr_trains_on_patches_and_infers_by_sliding_window(cohort, tmp_p
     )
     table = pd.read_csv(out / "evaluation" / "test" / "subjects.tsv", sep="\t")
     assert len(table) > 0 and table["dice"].between(0, 1).all()
+
+
+def test_inpainting_pretraining_gives_an_encoder_the_swin_unetr_takes_whole(cohort, tmp_path):
+    from brainlearn.commands_segment import load_encoder
+    from brainlearn.data.cache import Cache
+    from brainlearn.models.segmenters import build_segmenter
+
+    pre = tmp_path / "inpaint"
+    swin = "model_options={feature_size: 12}"
+    tiny = [
+        "samples_per_epoch=1",
+        "val_samples=1",
+        "batch_size=1",
+        "trainer.max_epochs=1",
+        "trainer.progress_bar=false",
+    ]
+    assert run("pretrain", "inpaint", "--bids", cohort, "--out", pre, swin, *tiny) == 0
+    assert Cache(pre / "cache").modalities == ("t1",)  # no lesion mask needed
+    metrics = pd.read_csv(pre / "logs" / "metrics.csv")
+    assert metrics[["train/loss_epoch", "val/l1", "val/ms_ssim"]].notna().any().all()
+    checkpoint = Path(json.loads((pre / "metrics.json").read_text())["pretrain/checkpoint"])
+    assert checkpoint.name == "best.ckpt" and "pass it to train segment --init-from" in (pre / "log.txt").read_text()
+    load_encoder(build_segmenter("swin_unetr", in_channels=1, options={"feature_size": 12}), checkpoint)  # or raises

@@ -113,11 +113,11 @@ def _channel_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class LesionPatchDataset(Dataset):
-    """Random 3D patches (C, P, P, P) with their masks (1, P, P, P) for the Swin UNETR.
+    """Random 3D patches ``image`` (C, P, P, P) with their ``mask`` (1, P, P, P) for the Swin UNETR.
 
     ``samples_per_volume`` patches per volume and epoch; each is centred on a lesion voxel with probability
     ``lesion_fraction`` (when the volume has lesions), else on a random head voxel. Volumes smaller than the patch
-    are zero-padded.
+    are zero-padded. A cache without ``"mask"`` gives unlabelled patches (no ``mask`` key), for pretraining.
     """
 
     def __init__(
@@ -132,7 +132,11 @@ class LesionPatchDataset(Dataset):
         seed: int = 0,
         transform: Callable | None = None,
     ):
-        self.volumes = ImageMaskDataset(cache, modalities=tuple(modalities), split=split)
+        self.with_mask = "mask" in cache.modalities  # without: unlabelled patches for pretraining
+        if self.with_mask:
+            self.volumes = ImageMaskDataset(cache, modalities=tuple(modalities), split=split)
+        else:
+            self.volumes = VolumeDataset(cache, modalities=tuple(modalities), classes=None, split=split)
         self.patch, self.samples, self.lesion_fraction = patch, samples_per_volume, lesion_fraction
         self.transform, self._rng = transform, np.random.default_rng(seed)
         self._centres: dict[int, tuple] = {}  # position -> (stats, lesion voxels, head voxels), found once
@@ -144,22 +148,20 @@ class LesionPatchDataset(Dataset):
         position = index // self.samples
         row, cache = self.volumes.rows[position], self.volumes.cache
         image = np.stack([cache.read(row, m) for m in self.volumes.modalities]).astype(np.float32)
-        mask = (cache.read(row, "mask") > 0).astype(np.float32)[None]
+        mask = (cache.read(row, "mask") > 0).astype(np.float32)[None] if self.with_mask else None  # (1, X, Y, Z)
         if position not in self._centres:
-            self._centres[position] = (_channel_stats(image), np.argwhere(mask[0]), np.argwhere(image[0] != 0))
+            lesion = np.argwhere(mask[0]) if mask is not None else np.empty((0, 3), dtype=np.int64)
+            self._centres[position] = (_channel_stats(image), lesion, np.argwhere(image[0] != 0))
         (mean, std), lesion, head = self._centres[position]
         pool = lesion if len(lesion) and self._rng.random() < self.lesion_fraction else head
         centre = pool[self._rng.integers(len(pool))] if len(pool) else np.array(image.shape[1:]) // 2
-        image, mask = _crop(image, centre, self.patch), _crop(mask, centre, self.patch)
+        image = _crop(image, centre, self.patch)
         scale = (slice(None), None, None, None)
         image = np.where(image != 0, (image - mean[scale]) / std[scale], 0.0).astype(np.float32)  # as the whole
         participant_id, session_id = self.volumes._ids[position]
-        item = {
-            "image": torch.from_numpy(image),
-            "mask": torch.from_numpy(mask),
-            "participant_id": participant_id,
-            "session_id": session_id,
-        }
+        item = {"image": torch.from_numpy(image), "participant_id": participant_id, "session_id": session_id}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(_crop(mask, centre, self.patch))
         return self.transform(item) if self.transform is not None else item
 
 

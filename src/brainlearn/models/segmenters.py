@@ -17,8 +17,13 @@ from brainlearn.errors import BrainlearnError
 SEGMENTERS = {"unet2d": 2, "swin_unetr": 3}  # name -> spatial dims
 
 
-def build_segmenter(name: str, *, in_channels: int, options: dict[str, Any] | None = None) -> nn.Module:
+def build_segmenter(
+    name: str, *, in_channels: int, out_channels: int = 1, options: dict[str, Any] | None = None
+) -> nn.Module:
     """The segmenter ``name`` (one of :data:`SEGMENTERS`) for ``in_channels`` channels (e.g. T1, T2, FLAIR).
+
+    ``out_channels`` is 1 (lesion logits) for segmentation; pretraining builds the same network with one linear
+    output per input channel, so that its encoder is this one, name for name and shape for shape.
 
     ``unet2d``: MONAI ``FlexibleUNet`` with a randomly initialized ResNet-34 encoder (ImageNet weights cannot be
     fetched offline; the pretrained arm uses our own checkpoints), ``decoder_channels`` configurable.
@@ -34,15 +39,15 @@ def build_segmenter(name: str, *, in_channels: int, options: dict[str, Any] | No
     try:
         if name == "unet2d":
             options.setdefault("backbone", "resnet34")
-            return Padded(FlexibleUNet(in_channels, 1, pretrained=False, spatial_dims=2, **options))
-        return Padded(SwinUNETR(in_channels=in_channels, out_channels=1, spatial_dims=3, **options))
+            return Padded(FlexibleUNet(in_channels, out_channels, pretrained=False, spatial_dims=2, **options))
+        return Padded(SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=3, **options))
     except TypeError as error:
         raise BrainlearnError(f"model_options: {name} does not take these options {options} ({error}).") from error
 
 
 class Padded(nn.Module):
     """Zero-pads the spatial axes to a multiple of ``multiple`` (both U-Nets halve the grid five times), then crops
-    the logits back, so any slice or patch size works: (B, C, *spatial) → (B, 1, *spatial)."""
+    the output back, so any slice or patch size works: (B, C, *spatial) → (B, out_channels, *spatial)."""
 
     def __init__(self, network: nn.Module, multiple: int = 32):
         super().__init__()
@@ -60,7 +65,16 @@ class Padded(nn.Module):
 def encoder_of(network: nn.Module) -> nn.Module:
     """The part of a segmenter that pretraining initializes and ``freeze_encoder`` freezes."""
     network = network.network if isinstance(network, Padded) else network
+    return getattr(network, encoder_name(network))
+
+
+def encoder_name(network: nn.Module) -> str:
+    """The attribute that holds a segmenter's encoder: ``"encoder"`` (U-Net) or ``"swinViT"`` (Swin UNETR).
+
+    Checkpoint keys of the encoder's tensors contain ``"<name>."`` (e.g. ``network.network.swinViT.layers1...``).
+    """
+    network = network.network if isinstance(network, Padded) else network
     for attribute in ("encoder", "swinViT"):
         if hasattr(network, attribute):
-            return getattr(network, attribute)
+            return attribute
     raise BrainlearnError(f"{type(network).__name__} has no encoder that brainlearn knows how to find.")

@@ -5,7 +5,9 @@
 3. cache T1 and PET into the memory-mapped store the training methods read, and time the cache;
 4. train a small AwareNet (AD vs CN) and a small SFCN brain-age model on the cached T1s, each with its
    checkpoint, threshold or bias correction chosen on validation, and evaluate both on the test split;
-5. train a small 2D U-Net on the participants with lesions and evaluate it lesion-wise on the test split.
+5. train a small 2D U-Net on the participants with lesions and evaluate it lesion-wise on the test split;
+6. pretrain an SFCN with SimCLR on the unlabelled training T1s, then train AD vs CN from it and from scratch on
+   the same 10 % and 100 % of the labelled participants: the label-efficiency plot.
 The later stages (explanations, report) extend this demo as they land.
 """
 
@@ -31,7 +33,7 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     )
     montage = save_cohort_montage(cohort_dir, report.table, run.figures / "cohort_montage.png")
     effects = measured_effects(read_truths(cohort_dir, report.table))
-    log.info("step 1/5: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
+    log.info("step 1/6: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
     for diagnosis in ("CN", "MCI", "AD"):
         if f"cohort/{diagnosis}/n" in effects:
             log.info(
@@ -44,12 +46,12 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
 
     table = read_bids(cohort_dir)
     table_path = write_table(table, run.root / "participants.tsv")
-    log.info("step 2/5: participants table (splits by participant): %s", table_path)
+    log.info("step 2/6: participants table (splits by participant): %s", table_path)
 
     cached = build_cache(table, run.root / "cache", modalities=("t1", "pet"), dtype="float16", progress=True)
     speed = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=2)
     log.info(
-        "step 3/5: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
+        "step 3/6: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
         cached.n_volumes,
         speed["ratio"],
     )
@@ -63,6 +65,10 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     )
     log.info("         %s (participants), %s (measured effects)", table_path, run.metrics_path)
     log.info("         %s (ground truth: atrophy and hypometabolism maps)", cohort_dir / "derivatives" / "truth")
+    log.info(
+        "         %s (AD vs CN from SimCLR pretraining and from scratch, 10 %% and 100 %% of the labels)",
+        run.root / "label-efficiency" / "figures" / "label_efficiency.png",
+    )
     return {
         **effects,
         "demo/cohort_seconds": report.seconds,
@@ -116,11 +122,11 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
                 result = train(sub, sub_run)
                 sub_run.write_metrics(result)
         except BrainlearnError as error:  # e.g. a cohort too small to hold both classes in every split
-            log.warning("step 4/5: %s not trained: %s (generate more subjects)", name, error)
+            log.warning("step 4/6: %s not trained: %s (generate more subjects)", name, error)
             continue
         metrics |= {f"demo/{name}/{key}": value for key, value in result.items() if key.startswith("test/")}
-        log.info("step 4/5: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
-    return metrics | _segment_lesions(run, config)
+        log.info("step 4/6: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
+    return metrics | _segment_lesions(run, config) | _label_efficiency(run, config)
 
 
 def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
@@ -160,14 +166,55 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
             result = run_train_segment(sub, sub_run)
             sub_run.write_metrics(result)
     except BrainlearnError as error:
-        log.warning("step 5/5: lesions not segmented: %s (generate more subjects)", error)
+        log.warning("step 5/6: lesions not segmented: %s (generate more subjects)", error)
         return {}
-    log.info("step 5/5: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
+    log.info("step 5/6: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
     return {f"demo/segment/{key}": value for key, value in result.items() if key.startswith("test/")}
 
 
+def _label_efficiency(run, config: dict[str, Any]) -> dict[str, Any]:
+    """Step 6: brief SimCLR pretraining, then scratch vs pretrained AD vs CN at 10 % and 100 % of the labels."""
+    from brainlearn.commands_pretrain import PRETRAIN_COMMANDS, run_pretrain_simclr
+    from brainlearn.config import load_config
+    from brainlearn.errors import BrainlearnError
+    from brainlearn.experiments import EXPERIMENT_COMMANDS, run_label_efficiency
+    from brainlearn.runs import Run
+
+    epochs, backbone = config["epochs"], "model_options={channels: [8, 16, 32, 64, 64, 32]}"
+    common = [backbone, "trainer.progress_bar=false", "downsample=2"]
+    steps = (
+        (PRETRAIN_COMMANDS, "simclr", run_pretrain_simclr, "pretrain", [f"trainer.max_epochs={epochs}"]),
+        (
+            EXPERIMENT_COMMANDS,
+            "label-efficiency",
+            run_label_efficiency,
+            "label-efficiency",
+            ["fractions=[10, 100]", "seeds=1", f"trainer.max_epochs={epochs}", "n_bootstrap=200"],
+        ),
+    )
+    result: dict[str, Any] = {}
+    for commands, name, train, folder, overrides in steps:
+        command = next(c for c in commands if c.name == name)
+        flags = {"cache": str(run.root / "cache"), "out": str(run.root / folder)}
+        if name == "label-efficiency":
+            flags["pretrained"] = result["pretrain/checkpoint"]
+        sub = load_config(command.defaults, flags=flags, overrides=[*common, *overrides])
+        try:
+            with Run(sub["out"], f"{command.group} {name}", sub) as sub_run:
+                outcome = train(sub, sub_run)
+                sub_run.write_metrics(outcome)
+            result |= outcome
+        except BrainlearnError as error:
+            log.warning("step 6/6: %s not run: %s (generate more subjects)", name, error)
+            return {}
+    log.info(
+        "step 6/6: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
+    )
+    return {f"demo/{key}": value for key, value in result.items() if key.startswith("label_efficiency/")}
+
+
 def _log_results(trained: dict[str, Any]) -> None:
-    """The two headline numbers of step 4, with their intervals."""
+    """The headline numbers of steps 4–6, with their intervals where there are any."""
     for key, label, unit in (
         ("demo/classify/test/roc_auc", "AwareNet AD vs CN, test ROC-AUC", ""),
         ("demo/classify/test/balanced_accuracy", "AwareNet AD vs CN, test balanced accuracy", ""),
@@ -178,6 +225,17 @@ def _log_results(trained: dict[str, Any]) -> None:
         if key in trained:
             estimate, lower, upper = trained[key]
             log.info("result: %s %.2f%s (95 %% CI %.2f–%.2f)", label, estimate, unit, lower, upper)
+    for fraction in (10, 100):
+        scores = {
+            arm: trained.get(f"demo/label_efficiency/{arm}/{fraction}/roc_auc") for arm in ("scratch", "pretrained")
+        }
+        if None not in scores.values():
+            log.info(
+                "result: SFCN AD vs CN, %d %% of the labels, test ROC-AUC: from scratch %.2f, SimCLR-pretrained %.2f",
+                fraction,
+                scores["scratch"],
+                scores["pretrained"],
+            )
     log.info(
         "         (a demo-sized cohort: the intervals show how little a test split of a few participants "
         "says; docs/benchmarks.md has the 200-participant figures and the volume baseline next to them)"

@@ -147,6 +147,11 @@ def save_label_efficiency_plot(summary: pd.DataFrame, metric: str, path: Path) -
             label=arm,
         )
     axis.set_xscale("log")
+    fractions = sorted(summary["fraction"].unique())
+    axis.set_xticks(fractions, [f"{f:g}" for f in fractions])  # the fractions run, not powers of ten
+    axis.minorticks_off()
+    if metric == "roc_auc":
+        axis.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
     axis.set_xlabel("labelled training participants (%)")
     axis.set_ylabel(f"test {metric}")
     axis.legend()

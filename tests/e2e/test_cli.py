@@ -144,6 +144,10 @@ def test_demo_runs_on_a_tiny_cohort(tmp_path):
     assert "demo/classify/test/roc_auc" in metrics and "demo/brain-age/test/mae" in metrics
     assert (tmp_path / "demo" / "classify" / "evaluation" / "test" / "confusion.png").exists()
     assert "demo/segment/test/dice" in metrics
+    for arm in ("scratch", "pretrained"):  # step 6: SimCLR, then both arms at 10 % and 100 % of the labels
+        assert {f"demo/label_efficiency/{arm}/{f}/roc_auc" for f in (10, 100)} <= set(metrics)
+    assert (tmp_path / "demo" / "label-efficiency" / "figures" / "label_efficiency.png").exists()
+    assert (tmp_path / "demo" / "pretrain" / "checkpoints" / "best.ckpt").exists()
     assert list((tmp_path / "demo" / "segment" / "evaluation" / "test" / "masks").glob("*_lesions.nii.gz"))
     assert metrics["cohort/jacobian_min"] > 0
     assert (tmp_path / "demo" / "figures" / "cohort_montage.png").stat().st_size > 10_000

@@ -106,6 +106,21 @@ def test_views_refuse_an_image_of_the_other_dimension_and_unknown_presets():
         simclr_views("2d")({"image": torch.ones(1, 8, 8, 8)})
     with pytest.raises(BrainlearnError, match="preset must be one of 2d, 3d, not '3D'. Did you mean '3d'?"):
         simclr_views("3D")
+    with pytest.raises(BrainlearnError, match=r"crop must be fractions of the side in \(0, 1\], not \(0.9, 1.2\)"):
+        simclr_views("3d", crop=(0.9, 1.2))
+
+
+def test_milder_crops_keep_the_views_of_one_volume_closer():
+    """Registered brains need mild spatial views (the 3d default); strong crops move a view far from its twin."""
+    grid = torch.stack(torch.meshgrid(*(torch.linspace(-1, 1, n) for n in (24, 32, 20)), indexing="ij"))
+    image = (torch.sin(4 * grid[0]) * torch.cos(3 * grid[1]) + grid[2])[None]  # (1, 24, 32, 20), smooth, no symmetry
+
+    def correlation(crop, degrees):
+        views = simclr_views("3d", crop=crop, degrees=degrees, seed=3)
+        pairs = [views({"image": image}) for _ in range(8)]
+        return sum(float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) for a, b in pairs) / 8
+
+    assert correlation((0.9, 1.0), 5.0) > correlation((0.5, 0.7), 20.0) + 0.1
 
 
 @pytest.mark.parametrize("seed", range(5))

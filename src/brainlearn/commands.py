@@ -127,13 +127,19 @@ def run_preprocess(config: dict[str, Any], run) -> dict[str, Any]:
     from brainlearn.preprocess.pipeline import preprocess_table
 
     table = read_input_table(config, on_missing="skip")
+    unconverted: list[tuple[str, str, str]] = []  # sessions whose scanner files would not convert: reported, skipped
     if config["convert"]:  # DICOM folders, .mgz, .mnc, ... in the table become NIfTI first (brainlearn convert)
         from brainlearn.convert import convert_table_inputs
 
-        table = convert_table_inputs(table, run.root / "converted", average_frames=config["average_frames"])
+        converted = run.root / "converted"
+        table = convert_table_inputs(table, converted, average_frames=config["average_frames"], failures=unconverted)
     keys = ("steps", "spacing", "shape", "pad_to", "normalize", "suvr_reference")
     summary = preprocess_table(
-        table, run.root, {key: config[key] for key in keys}, jobs=config["jobs"] or os.cpu_count() or 1
+        table,
+        run.root,
+        {key: config[key] for key in keys},
+        jobs=config["jobs"] or os.cpu_count() or 1,
+        failed=unconverted,
     )
     failed = summary[summary["status"] == "failed"]
     for row in failed.itertuples():

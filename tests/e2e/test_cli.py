@@ -231,12 +231,18 @@ def test_preprocess_converts_scanner_formats_first(tmp_path):
     mgz.parent.mkdir()
     nib.save(nib.MGHImage(np.asarray(t1.dataobj, dtype=np.float32), t1.affine), mgz)
     table = tmp_path / "table.tsv"
-    pd.DataFrame({"participant_id": ["sub-001"], "t1": [str(mgz)], "diagnosis": ["AD"]}).to_csv(
-        table, sep="\t", index=False
-    )
+    broken = tmp_path / "raw" / "sub-002_T1w.mgz"  # cut off in transfer: one bad session must not stop the run
+    broken.write_bytes(mgz.read_bytes()[:200])
+    pd.DataFrame(
+        {"participant_id": ["sub-001", "sub-002"], "t1": [str(mgz), str(broken)], "diagnosis": ["AD", "CN"]}
+    ).to_csv(table, sep="\t", index=False)
     prep = tmp_path / "prep"
     assert run("preprocess", "--table", table, "--out", prep, "--steps", "register", "--spacing", 4, "--jobs", 1) == 0
     summary = pd.read_csv(prep / "summary.tsv", sep="\t")
-    assert summary["status"].tolist() == ["done"]
+    assert summary["status"].tolist() == ["done", "failed"]
+    assert (
+        summary.loc[1, "reason"].startswith("conversion failed: t1: ") and "sub-002_T1w.mgz" in summary.loc[1, "reason"]
+    )
+    assert pd.read_csv(prep / "participants.tsv", sep="\t")["participant_id"].tolist() == ["sub-001"]
     converted = list((prep / "converted").rglob("*.nii.gz"))
     assert len(converted) == 1 and np.allclose(nib.load(converted[0]).affine, t1.affine, atol=1e-4)

@@ -31,7 +31,13 @@ _READY = (".nii", ".nii.gz", ".npy")  # read_image reads these directly
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def convert_table_inputs(table: pd.DataFrame, out: str | os.PathLike, *, average_frames: bool = False) -> pd.DataFrame:
+def convert_table_inputs(
+    table: pd.DataFrame,
+    out: str | os.PathLike,
+    *,
+    average_frames: bool = False,
+    failures: list[tuple[str, str, str]] | None = None,
+) -> pd.DataFrame:
     """A copy of ``table`` whose non-NIfTI image paths are replaced by NIfTI conversions written under ``out``.
 
     Args:
@@ -39,17 +45,20 @@ def convert_table_inputs(table: pd.DataFrame, out: str | os.PathLike, *, average
             pet, mask); empty cells and NIfTI / ``.npy`` paths are kept as they are.
         out: the folder for the converted images.
         average_frames: average the frames of a 4D PET into one static image instead of refusing it.
+        failures: None raises for any cell that cannot be converted; a list instead receives one
+            (participant_id, session_id, reason) per failed session, whose rows are left out of the result (the
+            others go on: one bad session must not stop a batch).
 
     Returns:
         The table with absolute paths to the converted NIfTI files.
 
     Raises:
-        BrainlearnError: listing every cell that could not be converted (not found, several series in one
-            folder, 4D, unreadable), one per line.
+        BrainlearnError: without ``failures``, listing every cell that could not be converted (not found, several
+            series in one folder, 4D, unreadable), one per line.
     """
     out = Path(out).absolute()
     table = table.copy()
-    problems = []
+    problems: dict = {}  # table index -> (participant_id, session_id, reasons)
     for column in [column for column in IMAGE_COLUMNS if column in table.columns]:
         for index, cell in table[column].items():
             if not _needs_conversion(cell):
@@ -60,10 +69,13 @@ def convert_table_inputs(table: pd.DataFrame, out: str | os.PathLike, *, average
             try:
                 table.at[index, column] = str(_convert_cell(Path(cell), target, column, average_frames))
             except BrainlearnError as error:
-                problems.append(f"participant_id {row['participant_id']} {session}, column {column}: {error}")
-    if problems:
-        raise BrainlearnError("could not convert the table's images:\n" + "\n".join(problems))
-    return table
+                problems.setdefault(index, (row["participant_id"], session, []))[2].append(f"{column}: {error}")
+    if problems and failures is None:
+        lines = [f"participant_id {p} {s}, column {r}" for p, s, reasons in problems.values() for r in reasons]
+        raise BrainlearnError("could not convert the table's images:\n" + "\n".join(lines))
+    for participant, session, reasons in problems.values():
+        failures.append((participant, session, "conversion failed: " + "; ".join(reasons)))
+    return table.drop(index=list(problems))
 
 
 def _needs_conversion(cell) -> bool:

@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
@@ -33,18 +34,29 @@ from brainlearn.preprocess.subject import STEPS, SessionResult, preprocess_sessi
 log = logging.getLogger(__name__)
 
 
-def preprocess_table(table: pd.DataFrame, out: Path, settings: dict, *, jobs: int = 1, progress=True) -> pd.DataFrame:
+def preprocess_table(
+    table: pd.DataFrame,
+    out: Path,
+    settings: dict,
+    *,
+    jobs: int = 1,
+    progress=True,
+    failed: Sequence[tuple[str, str, str]] = (),
+) -> pd.DataFrame:
     """Preprocess every row of ``table`` into ``out``; return the summary (one row per session).
 
     ``settings`` holds the ``preprocess`` command's keys: steps, spacing, shape, pad_to, normalize, suvr_reference.
+    ``failed`` lists sessions that failed before preprocessing, (participant_id, session_id, reason), e.g. in
+    conversion: they are reported in the summary with the others.
     """
     unknown = sorted(set(settings["steps"]) - set(STEPS))
     if unknown:
         raise BrainlearnError(f"unknown preprocessing step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}.")
-    if "t1" not in table or table["t1"].isna().all():
+    if not (table.empty and failed) and ("t1" not in table or table["t1"].isna().all()):
         raise BrainlearnError("preprocessing starts from the T1: the table has no t1 images.")
     rows = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in table.to_dict("records")]
     results = _run(rows, out, settings, jobs=jobs, progress=progress)
+    results += [SessionResult(p, s, status="failed", reason=reason) for p, s, reason in failed]
     summary = _summary(results)
     with atomic_path(out / "summary.tsv") as tmp:
         summary.to_csv(tmp, sep="\t", index=False)

@@ -63,6 +63,16 @@ def test_cells_that_cannot_be_converted_are_listed_together(inputs):
     assert "Jane" not in message and IDENTITY["PatientBirthDate"] not in message
 
 
+def test_with_a_failures_list_a_bad_session_is_left_out_and_reported(inputs):
+    root, table, _ = inputs
+    table.loc[1, "flair"] = str(root / "missing.mgz")
+    failures = []
+    converted = convert_table_inputs(table, root / "converted", failures=failures)
+    assert converted["participant_id"].tolist() == ["sub-01"]  # the good session is converted
+    assert converted.loc[0, "t1"].endswith("t1.nii.gz")
+    assert failures == [("sub-02", "ses-01", f"conversion failed: flair: {root / 'missing.mgz'}: not found.")]
+
+
 def test_dynamic_pet_needs_average_frames(inputs):
     root, table, _ = inputs
     pet = np.random.default_rng(1).integers(0, 100, (6, 7, 4, 2)).astype(np.int16)

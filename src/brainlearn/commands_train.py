@@ -79,7 +79,7 @@ def run_train_classify(config: dict[str, Any], run) -> dict[str, Any]:
     log.info("training on %s, validating on %d sessions", counts, len(val.dataset))
     module = build_module("classify", config)
     fit(module, run.root, config["trainer"], train_dataloaders=train, val_dataloaders=val)
-    return _select_and_evaluate("classify", module, cache, config, run)
+    return select_and_evaluate("classify", module, cache, config, run)
 
 
 def run_train_brain_age(config: dict[str, Any], run) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def run_train_brain_age(config: dict[str, Any], run) -> dict[str, Any]:
     log.info("training on %d sessions of %s aged %.0f–%.0f", len(ages), healthy, ages.min(), ages.max())
     module = build_module("brain-age", config, age_mean=float(ages.mean()), age_std=float(ages.std()))
     fit(module, run.root, config["trainer"], train_dataloaders=train, val_dataloaders=val)
-    return _select_and_evaluate("brain-age", module, cache, config, run)
+    return select_and_evaluate("brain-age", module, cache, config, run)
 
 
 def build_module(task: str, config: dict[str, Any], **extra):
@@ -177,7 +177,7 @@ def load_backbone(backbone, path: Path) -> None:
     log.info("backbone initialized from %s (%d tensors)", path, len(own))
 
 
-def _select_and_evaluate(task: str, module, cache, config: dict[str, Any], run) -> dict[str, Any]:
+def select_and_evaluate(task: str, module, cache, config: dict[str, Any], run) -> dict[str, Any]:
     """Load the kept checkpoint, fit threshold / bias correction on validation, then score the held-out splits."""
     from brainlearn.atomic import write_json
     from brainlearn.evaluation import write_tsv

@@ -86,7 +86,7 @@ def sample_participants(cache, classes, fraction: float, seed: int) -> set[str]:
 def _train_arm(cache, config: dict[str, Any], arm: str, chosen: set[str], seed: int, folder: Path) -> dict:
     from torch.utils.data import DataLoader, Subset
 
-    from brainlearn.commands_train import _select_and_evaluate, build_module
+    from brainlearn.commands_train import build_module, select_and_evaluate
     from brainlearn.data.loaders import training_loaders
     from brainlearn.trainer import fit
 
@@ -107,13 +107,13 @@ def _train_arm(cache, config: dict[str, Any], arm: str, chosen: set[str], seed: 
         num_workers=config["num_workers"],
         seed=seed,
     )
-    keep = [i for i, (participant, _) in enumerate(train.dataset._ids) if participant in chosen]
+    keep = [i for i, (participant, _) in enumerate(train.dataset.ids) if participant in chosen]
     subset = DataLoader(
         Subset(train.dataset, keep), batch_size=config["batch_size"], shuffle=True, num_workers=config["num_workers"]
     )
     module = build_module("classify", settings)
     fit(module, folder, settings["trainer"], train_dataloaders=subset, val_dataloaders=val)
-    metrics = _select_and_evaluate("classify", module, cache, settings, SimpleNamespace(root=folder))
+    metrics = select_and_evaluate("classify", module, cache, settings, SimpleNamespace(root=folder))
     return {name: metrics[f"test/{name}"][0] for name in config["metrics"] if f"test/{name}" in metrics}
 
 

@@ -27,7 +27,13 @@ Transform = Callable[[dict], dict]
 
 
 class _CacheDataset(Dataset):
-    """Rows of a cache filtered by split and diagnosis, with the per-item metadata of the batch contract."""
+    """Rows of a cache filtered by split and diagnosis, with the per-item metadata of the batch contract.
+
+    Attributes:
+        rows: the cache rows of the items, in item order.
+        ids: (participant_id, session_id) of each item.
+        labels: each item's class index in ``classes`` (-1 without classes).
+    """
 
     def __init__(self, cache: Cache, modalities, split, classes, transform, *, same_shape: bool = True):
         if not isinstance(cache, Cache):
@@ -46,17 +52,17 @@ class _CacheDataset(Dataset):
         if same_shape:
             _check_same_shapes(cache, self.rows, modalities)
         index = cache.index.iloc[self.rows]
-        self._labels = [_label(d, classes) for d in index["diagnosis"]]
+        self.labels = [_label(d, classes) for d in index["diagnosis"]]
         self._ages = index["age"].to_numpy(np.float64)
-        self._ids = list(zip(index["participant_id"], index["session_id"], strict=True))
+        self.ids = list(zip(index["participant_id"], index["session_id"], strict=True))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def _meta(self, i: int) -> dict:
-        participant_id, session_id = self._ids[i]
+        participant_id, session_id = self.ids[i]
         return {
-            "label": self._labels[i],
+            "label": self.labels[i],
             "age": float(self._ages[i]),
             "participant_id": participant_id,
             "session_id": session_id,
@@ -270,7 +276,7 @@ class PairDataset(_CacheDataset):
             raise BrainlearnError(f"seed must be an integer >= 0, not {seed!r}.")
         super().__init__(cache, (mri, pet), split, classes, transform, same_shape=False)
         self.mri, self.pet, self.paired, self.seed = mri, pet, paired, seed
-        self._participants = np.array([participant_id for participant_id, _ in self._ids], dtype=object)
+        self._participants = np.array([participant_id for participant_id, _ in self.ids], dtype=object)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -285,7 +291,7 @@ class PairDataset(_CacheDataset):
         partner = int(self.partners[i])
         mri = self._volume(self.rows[i], (self.mri,))
         pet = self._volume(self.rows[partner], (self.pet,))
-        pet_participant_id, pet_session_id = self._ids[partner]
+        pet_participant_id, pet_session_id = self.ids[partner]
         item = {"mri": mri, "pet": pet, **self._meta(i)}
         return self._finish(item | {"pet_participant_id": pet_participant_id, "pet_session_id": pet_session_id})
 

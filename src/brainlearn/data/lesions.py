@@ -63,7 +63,7 @@ class LesionSliceDataset(Dataset):
         image = np.stack([cache.read_slice(row, m, 2, k) for m in self.volumes.modalities]).astype(np.float32)
         mean, std = self.stats[position]
         image = np.where(image != 0, (image - mean[:, None, None]) / std[:, None, None], 0.0).astype(np.float32)
-        participant_id, session_id = self.volumes._ids[position]
+        participant_id, session_id = self.volumes.ids[position]
         item = {
             "image": torch.from_numpy(image),
             "participant_id": participant_id,
@@ -158,7 +158,7 @@ class LesionPatchDataset(Dataset):
         image = _crop(image, centre, self.patch)
         scale = (slice(None), None, None, None)
         image = np.where(image != 0, (image - mean[scale]) / std[scale], 0.0).astype(np.float32)  # as the whole
-        participant_id, session_id = self.volumes._ids[position]
+        participant_id, session_id = self.volumes.ids[position]
         item = {"image": torch.from_numpy(image), "participant_id": participant_id, "session_id": session_id}
         if mask is not None:
             item["mask"] = torch.from_numpy(_crop(mask, centre, self.patch))

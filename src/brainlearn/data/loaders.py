@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 from brainlearn.data.cache import Cache
 from brainlearn.data.datasets import VolumeDataset
@@ -33,7 +33,9 @@ class VolumeTransform:
         downsample: integer average-pooling factor (1 keeps the cache's resolution).
         augment: random left-right flip (array axis 0 of a RAS cache) and shift.
         shift: largest shift in voxels (after downsampling), per axis, filled with zeros.
-        seed: seeds the augmentation; each item draws from (seed, item index, call count).
+        seed: seeds the augmentation. In the main process the draws follow one stream from ``seed``; inside a
+            DataLoader worker the stream is re-seeded from (``seed``, the worker's seed), which differs per worker
+            and per epoch, so workers do not repeat each other's flips and shifts.
     """
 
     def __init__(self, *, downsample: int = 1, augment: bool = False, shift: int = 2, seed: int = 0):
@@ -41,8 +43,8 @@ class VolumeTransform:
             raise BrainlearnError(f"downsample must be an integer >= 1, not {downsample!r}.")
         if not isinstance(shift, int) or shift < 0:
             raise BrainlearnError(f"shift must be an integer >= 0 (voxels), not {shift!r}.")
-        self.downsample, self.augment, self.shift = downsample, augment, shift
-        self._rng = np.random.default_rng(seed)
+        self.downsample, self.augment, self.shift, self.seed = downsample, augment, shift, seed
+        self._rng, self._worker_seed = np.random.default_rng(seed), None
 
     def __call__(self, item: dict) -> dict:
         image = standardize(item["image"])
@@ -53,6 +55,9 @@ class VolumeTransform:
         return {**item, "image": image.contiguous()}
 
     def _augmented(self, image: torch.Tensor) -> torch.Tensor:
+        info = get_worker_info()
+        if info is not None and info.seed != self._worker_seed:  # a worker's copy: its own stream
+            self._rng, self._worker_seed = np.random.default_rng([self.seed, info.seed % 2**63]), info.seed
         if self._rng.random() < 0.5:
             image = image.flip(1)  # (C, X, Y, Z): X is left-right in a RAS cache
         if self.shift:
@@ -133,5 +138,5 @@ def evaluation_dataset(
 
 def class_counts(dataset: VolumeDataset, classes: Sequence[str]) -> dict[str, int]:
     """Sessions per class in ``dataset`` (by its ``label``)."""
-    labels = np.asarray(dataset._labels)
+    labels = np.asarray(dataset.labels)
     return {name: int((labels == k).sum()) for k, name in enumerate(classes)}

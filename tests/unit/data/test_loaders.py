@@ -42,3 +42,23 @@ def test_augmentation_is_reproducible_with_its_seed():
 def test_bad_settings_are_refused(downsample):
     with pytest.raises(BrainlearnError, match="downsample must be an integer >= 1"):
         VolumeTransform(downsample=downsample)
+
+
+class _SameImage(torch.utils.data.Dataset):
+    """One image, many times, through a transform: any two items differ only by their random draws."""
+
+    def __init__(self, transform):
+        self.transform, self.image = transform, torch.arange(1.0, 1 + 8 * 10 * 6).reshape(1, 8, 10, 6)
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return self.transform({"image": self.image})["image"]
+
+
+def test_dataloader_workers_do_not_repeat_each_others_draws():
+    loader = torch.utils.data.DataLoader(_SameImage(VolumeTransform(augment=True, seed=0)), batch_size=1, num_workers=2)
+    items = [batch[0] for batch in loader]  # workers alternate: items 0, 2, ... from one, 1, 3, ... from the other
+    first, second = items[0::2], items[1::2]
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

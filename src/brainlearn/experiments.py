@@ -84,7 +84,8 @@ def sample_participants(cache, classes, fraction: float, seed: int) -> set[str]:
 
 
 def _train_arm(cache, config: dict[str, Any], arm: str, chosen: set[str], seed: int, folder: Path) -> dict:
-    from torch.utils.data import DataLoader, Subset
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler, Subset
 
     from brainlearn.commands_train import build_module, select_and_evaluate
     from brainlearn.data.loaders import training_loaders
@@ -108,8 +109,14 @@ def _train_arm(cache, config: dict[str, Any], arm: str, chosen: set[str], seed: 
         seed=seed,
     )
     keep = [i for i, (participant, _) in enumerate(train.dataset.ids) if participant in chosen]
+    # equal_steps: an epoch of the few draws as many (augmented) samples as an epoch of the whole training split,
+    # so every fraction makes as many optimizer steps; without it 1 % of 92 participants is one step per epoch
+    draws = len(train.dataset) if config["equal_steps"] else len(keep)
+    sampler = RandomSampler(
+        keep, replacement=draws > len(keep), num_samples=draws, generator=torch.Generator().manual_seed(seed)
+    )
     subset = DataLoader(
-        Subset(train.dataset, keep), batch_size=config["batch_size"], shuffle=True, num_workers=config["num_workers"]
+        Subset(train.dataset, keep), batch_size=config["batch_size"], sampler=sampler, num_workers=config["num_workers"]
     )
     module = build_module("classify", settings)
     fit(module, folder, settings["trainer"], train_dataloaders=subset, val_dataloaders=val)
@@ -202,6 +209,7 @@ EXPERIMENT_COMMANDS = (
             "model_options": {},
             "dropout": 0.0,
             "freeze_encoder": False,
+            "equal_steps": True,
             "downsample": 2,
             "augment": True,
             "batch_size": 4,

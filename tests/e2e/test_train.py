@@ -176,6 +176,11 @@ def test_label_efficiency_runs_both_arms_on_the_same_participants(cohort, tmp_pa
         < results.loc[results["fraction"] == 100, "participants"].iloc[0]
     )
     assert (out / "figures" / "label_efficiency.png").exists() and "± " in (out / "summary.md").read_text()
+    steps = {
+        f: json.loads((out / f / "seed0" / "scratch" / "metrics.json").read_text())["global_step"]
+        for f in ("f50", "f100")
+    }
+    assert steps["f50"] == steps["f100"] > 0  # equal_steps: half the participants, as many optimizer steps
 
 
 def test_pretrain_simclr_then_fine_tune_from_its_backbone(cohort, tmp_path):

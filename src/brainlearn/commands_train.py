@@ -20,7 +20,7 @@ log = logging.getLogger("brainlearn")
 
 GROUPS = {
     "train": "train a model: classify (diagnosis), brain-age or segment (lesions)",
-    "pretrain": "self-supervised pretraining: simclr, context-encoder",
+    "pretrain": "self-supervised pretraining: simclr, context-encoder, inpaint",
     "experiment": "experiments over many runs: label-efficiency",
 }
 
@@ -90,7 +90,7 @@ def run_train_brain_age(config: dict[str, Any], run) -> dict[str, Any]:
     cache = open_cache(config, run.root, config["modalities"])
     healthy = _classes(config["train_diagnoses"], binary=False)
     train, val = training_loaders(cache, **_loader_settings(config), classes=healthy, seed=config["trainer"]["seed"])
-    ages = train.dataset._ages
+    ages = train.dataset.ages
     if len(ages) < 4 or not (ages == ages).all():
         raise BrainlearnError(f"brain age needs ages for at least 4 training sessions of {healthy}; found {ages}.")
     log.info("training on %d sessions of %s aged %.0f–%.0f", len(ages), healthy, ages.min(), ages.max())

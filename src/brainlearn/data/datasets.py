@@ -33,6 +33,7 @@ class _CacheDataset(Dataset):
         rows: the cache rows of the items, in item order.
         ids: (participant_id, session_id) of each item.
         labels: each item's class index in ``classes`` (-1 without classes).
+        ages: each item's age in years (NaN where unknown).
     """
 
     def __init__(self, cache: Cache, modalities, split, classes, transform, *, same_shape: bool = True):
@@ -53,7 +54,7 @@ class _CacheDataset(Dataset):
             _check_same_shapes(cache, self.rows, modalities)
         index = cache.index.iloc[self.rows]
         self.labels = [_label(d, classes) for d in index["diagnosis"]]
-        self._ages = index["age"].to_numpy(np.float64)
+        self.ages = index["age"].to_numpy(np.float64)
         self.ids = list(zip(index["participant_id"], index["session_id"], strict=True))
 
     def __len__(self) -> int:
@@ -63,7 +64,7 @@ class _CacheDataset(Dataset):
         participant_id, session_id = self.ids[i]
         return {
             "label": self.labels[i],
-            "age": float(self._ages[i]),
+            "age": float(self.ages[i]),
             "participant_id": participant_id,
             "session_id": session_id,
         }

@@ -156,16 +156,20 @@ def run_pretrain_inpaint(config: dict[str, Any], run) -> dict[str, Any]:
     return {"pretrain/checkpoint": str(best)}
 
 
+# where the unlabelled sessions come from, the same for every pretraining command
+_INPUTS = {"cache": None, "table": None, "bids": None, "labels": ["CN", "MCI", "AD"]}
+_INPUT_OPTIONS = (
+    ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
+    ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),
+)
+
 PRETRAIN_COMMANDS = (
     Command(
         name="simclr",
         group="pretrain",
         help="SimCLR on unlabelled volumes: two views, NT-Xent, SAM (document 001), exports a backbone",
         defaults={
-            "cache": None,
-            "table": None,
-            "bids": None,
-            "labels": ["CN", "MCI", "AD"],
+            **_INPUTS,
             "modalities": ["t1"],
             "model": "sfcn",
             "model_options": {},
@@ -193,8 +197,7 @@ PRETRAIN_COMMANDS = (
         path_keys=("cache", "table", "bids", "out"),
         run=run_pretrain_simclr,
         options=(
-            ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
-            ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),
+            *_INPUT_OPTIONS,
             ("--model", "model", {"help": "backbone: sfcn, resnet3d, densenet3d, resnet50_slices"}),
         ),
     ),
@@ -203,10 +206,7 @@ PRETRAIN_COMMANDS = (
         group="pretrain",
         help="context encoder on unlabelled slices: fill checkerboard holes, L1 + adversarial (document 002)",
         defaults={
-            "cache": None,
-            "table": None,
-            "bids": None,
-            "labels": ["CN", "MCI", "AD"],
+            **_INPUTS,
             "modalities": ["t1", "t2", "flair"],
             "model_options": {},  # the U-Net's, e.g. decoder_channels: must match train segment's to transfer
             "cells": [8, 24],  # checkerboard cell size range in pixels (document 002: 16)
@@ -221,20 +221,14 @@ PRETRAIN_COMMANDS = (
         },
         path_keys=("cache", "table", "bids", "out"),
         run=run_pretrain_context_encoder,
-        options=(
-            ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
-            ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),
-        ),
+        options=_INPUT_OPTIONS,
     ),
     Command(
         name="inpaint",
         group="pretrain",
         help="Swin UNETR on unlabelled 3D patches: reconstruct masked cubes, L1 + MS-SSIM (document 003)",
         defaults={
-            "cache": None,
-            "table": None,
-            "bids": None,
-            "labels": ["CN", "MCI", "AD"],
+            **_INPUTS,
             "modalities": ["t1"],
             "model_options": {},  # the Swin UNETR's, e.g. feature_size: must match train segment's to transfer
             "patch": 64,  # voxels per axis, a multiple of 32
@@ -251,9 +245,6 @@ PRETRAIN_COMMANDS = (
         },
         path_keys=("cache", "table", "bids", "out"),
         run=run_pretrain_inpaint,
-        options=(
-            ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
-            ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),
-        ),
+        options=_INPUT_OPTIONS,
     ),
 )

@@ -68,6 +68,40 @@ def read_global_step(path: str | os.PathLike) -> int:
     return int(load_checkpoint(path, mmap=True).get("global_step", 0))
 
 
+def load_module_weights(module: torch.nn.Module, path: str | os.PathLike, prefix: str, *, hint: str) -> int:
+    """Copy a checkpoint's ``...<prefix>.<name>`` tensors into ``module``, all of them or none.
+
+    The part of a key after the last ``"<prefix>."`` names the tensor in ``module`` (``backbone`` from SimCLR or a
+    classifier, ``encoder`` / ``swinViT`` from a pretrained segmenter's encoder).
+
+    Returns:
+        The number of tensors loaded (all of ``module``'s).
+
+    Raises:
+        BrainlearnError: the checkpoint cannot be read, holds no ``prefix`` tensors, or some are missing, extra or
+            of another shape, naming up to three and ending with ``hint`` (what to build instead).
+    """
+    state = load_checkpoint(path)
+    state = state.get("state_dict", state)
+    marker = f"{prefix}."
+    weights = {key.rsplit(marker, 1)[1]: value for key, value in state.items() if marker in key}
+    own = module.state_dict()
+    if not weights:
+        raise BrainlearnError(f"{path}: holds no '{marker}*' weights for this network's {prefix}; {hint}")
+    problems = [f"{k}: missing from the checkpoint" for k in own if k not in weights]
+    problems += [
+        f"{k}: {tuple(weights[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
+        for k in own
+        if k in weights and weights[k].shape != own[k].shape
+    ]
+    problems += [f"{k}: not in this {prefix}" for k in weights if k not in own]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise BrainlearnError(f"{path}: its {prefix} is not this network's: {'; '.join(problems[:3])}{more}. {hint}")
+    module.load_state_dict(weights)
+    return len(own)
+
+
 def _load_error(path: Path, error: pickle.UnpicklingError) -> BrainlearnError:
     message = str(error)
     if "Weights only load failed" not in message:

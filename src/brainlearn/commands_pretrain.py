@@ -75,17 +75,17 @@ def run_pretrain_simclr(config: dict[str, Any], run) -> dict[str, Any]:
 
 def run_pretrain_context_encoder(config: dict[str, Any], run) -> dict[str, Any]:
     """Document 002's context encoder: a U-Net generator fills checkerboard-masked slices against a PatchGAN."""
-    from torch.utils.data import DataLoader, RandomSampler, Subset
+    from torch.utils.data import DataLoader, RandomSampler
 
     from brainlearn.commands_train import open_cache
-    from brainlearn.data.lesions import LesionSliceDataset
+    from brainlearn.data.lesions import LesionSliceDataset, every_nth
     from brainlearn.methods.context_encoder import ContextEncoderModule, PatchDiscriminator, build_generator
     from brainlearn.trainer import fit
 
     cache = open_cache(config, run.root, config["modalities"])
     train = LesionSliceDataset(cache, modalities=config["modalities"], split="train")
     val = LesionSliceDataset(cache, modalities=config["modalities"], split="val")
-    val = Subset(val, range(0, len(val), max(1, -(-len(val) // config["val_samples"]))))
+    val = every_nth(val, config["val_samples"])
     sampler = RandomSampler(train, replacement=True, num_samples=config["samples_per_epoch"])
     common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
     channels, opt = len(config["modalities"]), config["optimizer"]
@@ -117,7 +117,7 @@ def run_pretrain_inpaint(config: dict[str, Any], run) -> dict[str, Any]:
 
     from brainlearn.commands_segment import check_swin_patch
     from brainlearn.commands_train import open_cache
-    from brainlearn.data.lesions import LesionPatchDataset
+    from brainlearn.data.lesions import LesionPatchDataset, every_nth
     from brainlearn.methods.inpainting import InpaintingModule, build_inpainter
     from brainlearn.trainer import fit
 
@@ -127,8 +127,7 @@ def run_pretrain_inpaint(config: dict[str, Any], run) -> dict[str, Any]:
     patches = {"modalities": modalities, "patch": config["patch"], "lesion_fraction": 0.0}  # any head voxel
     train = LesionPatchDataset(cache, split="train", seed=seed, **patches)
     val = LesionPatchDataset(cache, split="val", seed=seed + 1, **patches)
-    step = max(1, -(-len(val) // config["val_samples"]))  # ceil: at most val_samples patches
-    val = [val[i] for i in range(0, len(val), step)]  # cropped once: the same patches at every epoch
+    val = every_nth(val, config["val_samples"], fixed=True)  # cropped once: the same patches at every epoch
     sampler = RandomSampler(train, replacement=True, num_samples=config["samples_per_epoch"])
     common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
     opt = config["optimizer"]

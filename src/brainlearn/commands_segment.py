@@ -57,42 +57,15 @@ def build_segment_module(config: dict[str, Any]):
 def load_encoder(network, path: Path) -> None:
     """Copy every encoder tensor of a checkpoint into ``network``'s encoder, or stop and say why not.
 
-    The encoder's keys are those holding ``"<encoder name>."`` (``generator.network.encoder.*`` from the context
-    encoder, ``network.network.swinViT.*`` from inpainting); the part after its last occurrence names the tensor.
-
-    Raises:
-        BrainlearnError: no tensor fits, or some are missing, extra or of another shape (another architecture).
+    The encoder's keys hold ``"<encoder name>."`` (``generator.network.encoder.*`` from the context encoder,
+    ``network.network.swinViT.*`` from inpainting); see :func:`brainlearn.checkpoints.load_module_weights`.
     """
-    from brainlearn.checkpoints import load_checkpoint
+    from brainlearn.checkpoints import load_module_weights
     from brainlearn.models.segmenters import encoder_name, encoder_of
 
-    state = load_checkpoint(path)
-    state = state.get("state_dict", state)
-    prefix = f"{encoder_name(network)}."
-    weights = {key.rsplit(prefix, 1)[1]: value for key, value in state.items() if prefix in key}
-    encoder = encoder_of(network)
-    own = encoder.state_dict()
-    usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise BrainlearnError(
-            f"{path}: no encoder weights that fit this network's encoder ({len(own)} tensors); "
-            "pass a checkpoint of the same encoder (e.g. from brainlearn pretrain)."
-        )
-    problems = [f"{k}: missing from the checkpoint" for k in own if k not in weights]
-    problems += [
-        f"{k}: {tuple(weights[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
-        for k in own
-        if k in weights and k not in usable
-    ]
-    problems += [f"{k}: not in this encoder" for k in weights if k not in own]
-    if problems:
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise BrainlearnError(
-            f"{path}: its encoder is not this network's: {'; '.join(problems[:3])}{more}. Build the segmenter "
-            "with the same model, model_options and modalities as the pretraining run."
-        )
-    encoder.load_state_dict(usable)
-    log.info("encoder initialized from %s: %d of %d tensors", path, len(usable), len(own))
+    hint = "Build the segmenter with the same model, model_options and modalities as the pretraining run."
+    count = load_module_weights(encoder_of(network), path, encoder_name(network), hint=hint)
+    log.info("encoder initialized from %s (%d tensors)", path, count)
 
 
 def check_swin_patch(patch: int) -> None:
@@ -105,9 +78,9 @@ def check_swin_patch(patch: int) -> None:
 
 
 def _loaders(cache, config: dict[str, Any]):
-    from torch.utils.data import DataLoader, RandomSampler, Subset
+    from torch.utils.data import DataLoader, RandomSampler
 
-    from brainlearn.data.lesions import LesionPatchDataset, LesionSliceDataset, lesion_sampler
+    from brainlearn.data.lesions import LesionPatchDataset, LesionSliceDataset, every_nth, lesion_sampler
 
     seed, batch = config["trainer"]["seed"], config["batch_size"]
     common = {"num_workers": config["num_workers"], "persistent_workers": config["num_workers"] > 0}
@@ -118,8 +91,7 @@ def _loaders(cache, config: dict[str, Any]):
             train, lesion_fraction=config["lesion_fraction"], samples=config["samples_per_epoch"], seed=seed
         )
         val = LesionSliceDataset(cache, modalities=config["modalities"], split="val")
-        step = max(1, -(-len(val) // config["val_samples"]))  # ceil: at most val_samples slices
-        val = Subset(val, range(0, len(val), step))  # every step-th slice: a fixed, unbiased sample
+        val = every_nth(val, config["val_samples"])
     else:
         patch = config["patch"]
         check_swin_patch(patch)
@@ -134,6 +106,7 @@ def _loaders(cache, config: dict[str, Any]):
         )
         sampler = RandomSampler(train, num_samples=config["samples_per_epoch"], replacement=True)
         val = LesionPatchDataset(cache, modalities=config["modalities"], split="val", patch=patch, seed=seed + 1)
+        val = every_nth(val, config["val_samples"], fixed=True)  # cropped once: comparable val/loss per epoch
     return DataLoader(train, batch_size=batch, sampler=sampler, **common), DataLoader(val, batch_size=batch, **common)
 
 

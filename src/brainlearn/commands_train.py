@@ -159,22 +159,11 @@ def _initialize(network, config: dict[str, Any]) -> None:
 
 def load_backbone(backbone, path: Path) -> None:
     """Load every ``...backbone.<name>`` tensor of a checkpoint into ``backbone``; all must be there and fit."""
-    from brainlearn.checkpoints import load_checkpoint
+    from brainlearn.checkpoints import load_module_weights
 
-    state = load_checkpoint(path)
-    state = state.get("state_dict", state)
-    weights = {key.split("backbone.", 1)[1]: value for key, value in state.items() if "backbone." in key}
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(weights))
-    misfit = sorted(k for k in own if k in weights and weights[k].shape != own[k].shape)
-    if missing or misfit:
-        raise BrainlearnError(
-            f"{path}: its backbone does not fit this model ({len(missing)} tensors missing, e.g. "
-            f"{missing[:3]}; {len(misfit)} of another shape, e.g. {misfit[:3]}). Pretrain the same model with the "
-            "same model_options."
-        )
-    backbone.load_state_dict({k: weights[k] for k in own})
-    log.info("backbone initialized from %s (%d tensors)", path, len(own))
+    hint = "Pretrain the same model with the same model_options and modalities."
+    count = load_module_weights(backbone, path, "backbone", hint=hint)
+    log.info("backbone initialized from %s (%d tensors)", path, count)
 
 
 def select_and_evaluate(task: str, module, cache, config: dict[str, Any], run) -> dict[str, Any]:

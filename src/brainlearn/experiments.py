@@ -42,6 +42,7 @@ def run_label_efficiency(config: dict[str, Any], run) -> dict[str, Any]:
     if not config["pretrained"]:
         raise BrainlearnError("label-efficiency needs --pretrained CKPT (e.g. a brainlearn pretrain simclr run).")
     fractions = _fractions(config["fractions"])
+    check_metrics(config["metrics"])  # before hours of training, not when the table is written
     classes = _classes(config["classes"])
     cache = open_cache(config, run.root, config["modalities"])
     rows = []
@@ -179,11 +180,23 @@ def _markdown(summary: pd.DataFrame, metrics) -> str:
     return "\n".join(lines)
 
 
+_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc")
+
+
+def check_metrics(metrics) -> None:
+    """Refuse an empty list or unknown names of test metrics, before any training."""
+    names = list(metrics) if isinstance(metrics, list | tuple) else []
+    unknown = [str(m) for m in names if m not in _METRICS]
+    if not names or unknown:
+        extra = f" ({', '.join(unknown)} unknown)" if unknown else ""
+        raise BrainlearnError(f"metrics must be a non-empty list of {', '.join(_METRICS)}, not {metrics!r}{extra}.")
+
+
 def _fractions(values) -> list[float]:
     values = [values] if isinstance(values, int | float | str) else list(values)
     try:
         fractions = sorted({float(v) for v in values})
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         raise BrainlearnError(f"fractions must be percentages such as [1, 10, 100], not {values!r}.") from error
     if not fractions or fractions[0] <= 0 or fractions[-1] > 100:
         raise BrainlearnError(f"fractions must be percentages in (0, 100], not {values!r}.")

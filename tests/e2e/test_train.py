@@ -176,6 +176,8 @@ def test_label_efficiency_runs_both_arms_on_the_same_participants(cohort, tmp_pa
         < results.loc[results["fraction"] == 100, "participants"].iloc[0]
     )
     assert (out / "figures" / "label_efficiency.png").exists() and "± " in (out / "summary.md").read_text()
+    log = (out / "log.txt").read_text()
+    assert log.count("backbone initialized from") == 2  # the two pretrained runs, not the two from scratch
     steps = {
         f: json.loads((out / f / "seed0" / "scratch" / "metrics.json").read_text())["global_step"]
         for f in ("f50", "f100")

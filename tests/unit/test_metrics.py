@@ -156,3 +156,12 @@ def test_choose_threshold_maximizes_youden_like_roc_curve():
 def test_bad_input_says_what_was_wrong(call, message):
     with pytest.raises(BrainlearnError, match=message):
         call()
+
+
+@pytest.mark.parametrize(("metrics", "message"), [(["auc"], r"\(auc unknown\)"), ([], "non-empty list")])
+def test_label_efficiency_refuses_unknown_metrics_before_training(metrics, message):
+    from brainlearn.experiments import check_metrics
+
+    with pytest.raises(BrainlearnError, match=message):
+        check_metrics(metrics)
+    check_metrics(["roc_auc", "balanced_accuracy"])

@@ -1,8 +1,9 @@
 """Lesion-segmentation data from a cache: axial slices (2D U-Net) or patches (3D), image and mask together.
 
-Each volume is standardized per channel inside its non-zero voxels once (statistics computed when the dataset is
-built), exactly as :func:`brainlearn.data.loaders.standardize` does at inference time. Lesions fill well under
-1 % of the voxels, so :func:`lesion_sampler` draws slices that hold lesion half of the time.
+Each volume is standardized per channel inside its non-zero voxels (statistics computed once per volume, population
+SD), the same at training and in :func:`standardize_volume` at inference (the classifiers'
+:func:`brainlearn.data.loaders.standardize` uses the sample SD: each pipeline is consistent with itself). Lesions
+fill well under 1 % of the voxels, so :func:`lesion_sampler` draws slices that hold lesion half of the time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset, Subset, WeightedRandomSampler, get_worker_info
 
 from brainlearn.data.cache import Cache
 from brainlearn.data.datasets import ImageMaskDataset, VolumeDataset
@@ -90,6 +91,18 @@ def lesion_sampler(
     return WeightedRandomSampler(weights.tolist(), samples or len(positive), replacement=True, generator=generator)
 
 
+def every_nth(dataset: Dataset, limit, *, fixed: bool = False) -> Dataset | list:
+    """At most ``limit`` evenly spaced items (every k-th, k = ceil(n / limit)): an unbiased validation sample.
+
+    ``fixed`` reads the chosen items once into a list, for datasets that draw at random (3D patches), so that
+    validation sees the same patches at every epoch.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise BrainlearnError(f"val_samples must be a positive integer, not {limit!r}.")
+    chosen = Subset(dataset, range(0, len(dataset), max(1, -(-len(dataset) // limit))))
+    return [chosen[i] for i in range(len(chosen))] if fixed else chosen
+
+
 def standardized_volume(cache: Cache, row: int, modalities: Sequence[str]) -> np.ndarray:
     """A cached volume (C, X, Y, Z) standardized the way the slices are."""
     return standardize_volume(np.stack([cache.read(row, m) for m in modalities]))
@@ -138,7 +151,8 @@ class LesionPatchDataset(Dataset):
         else:
             self.volumes = VolumeDataset(cache, modalities=tuple(modalities), classes=None, split=split)
         self.patch, self.samples, self.lesion_fraction = patch, samples_per_volume, lesion_fraction
-        self.transform, self._rng = transform, np.random.default_rng(seed)
+        self.transform, self.seed = transform, seed
+        self._rng, self._worker_seed = np.random.default_rng(seed), None
         self._centres: dict[int, tuple] = {}  # position -> (stats, lesion voxels, head voxels), found once
 
     def __len__(self) -> int:
@@ -153,6 +167,9 @@ class LesionPatchDataset(Dataset):
             lesion = np.argwhere(mask[0]) if mask is not None else np.empty((0, 3), dtype=np.int64)
             self._centres[position] = (_channel_stats(image), lesion, np.argwhere(image[0] != 0))
         (mean, std), lesion, head = self._centres[position]
+        info = get_worker_info()
+        if info is not None and info.seed != self._worker_seed:  # a worker's copy draws its own patches
+            self._rng, self._worker_seed = np.random.default_rng([self.seed, info.seed % 2**63]), info.seed
         pool = lesion if len(lesion) and self._rng.random() < self.lesion_fraction else head
         centre = pool[self._rng.integers(len(pool))] if len(pool) else np.array(image.shape[1:]) // 2
         image = _crop(image, centre, self.patch)

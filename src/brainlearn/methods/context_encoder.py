@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from brainlearn.errors import BrainlearnError
-from brainlearn.models.segmenters import Padded
+from brainlearn.models.segmenters import build_segmenter
 
 # Ordered-dither (Bayer) matrix: thresholding it at 16·f masks a fraction f of the cells, spread evenly; at f = 0.5
 # it is exactly the checkerboard (cells with an even i + j).
@@ -88,14 +88,7 @@ def build_generator(in_channels: int, options: dict[str, Any] | None = None) -> 
     Pass the same ``options`` (e.g. ``decoder_channels``) as to ``build_segmenter("unet2d", ...)``; the encoder is
     then identical, name for name and shape for shape. Maps (B, C, H, W) → (B, C, H, W), any H and W.
     """
-    from monai.networks.nets import FlexibleUNet
-
-    options = {"backbone": "resnet34", **(options or {})}
-    try:
-        network = FlexibleUNet(in_channels, in_channels, pretrained=False, spatial_dims=2, **options)
-    except TypeError as error:
-        raise BrainlearnError(f"model_options: unet2d does not take these options {options} ({error}).") from error
-    return Padded(network)
+    return build_segmenter("unet2d", in_channels=in_channels, out_channels=in_channels, options=options)
 
 
 class PatchDiscriminator(nn.Module):
@@ -169,10 +162,10 @@ class ContextEncoderModule(lightning.LightningModule):
         return torch.where(mask, self.generator(masked).float(), image)
 
     def on_train_epoch_start(self) -> None:
-        self._train_rng.manual_seed(_seed(self.seed, self.current_epoch + 1))
+        self._train_rng.manual_seed(mask_seed(self.seed, self.current_epoch + 1))
 
     def on_validation_epoch_start(self) -> None:
-        self._val_rng.manual_seed(_seed(self.seed, 0))
+        self._val_rng.manual_seed(mask_seed(self.seed, 0))
 
     def training_step(self, batch: dict, batch_index: int) -> None:
         image = batch["image"]
@@ -244,5 +237,6 @@ def _bce(logits: Tensor, real: bool) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def _seed(*values: int) -> int:
+def mask_seed(*values: int) -> int:
+    """One 32-bit seed from several integers (a run's seed and an epoch): masks that repeat across resumes."""
     return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(1)[0])

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from brainlearn.errors import BrainlearnError
-from brainlearn.methods.context_encoder import masked_l1
+from brainlearn.methods.context_encoder import mask_seed, masked_l1
 from brainlearn.models.segmenters import build_segmenter
 
 # Wang et al. (2003)'s MS-SSIM weights, finest scale first. A 64³ patch holds three scales for a 5-voxel window,
@@ -156,10 +156,10 @@ class InpaintingModule(lightning.LightningModule):
         return self.network(image.masked_fill(mask, 0.0)).float()
 
     def on_train_epoch_start(self) -> None:
-        self._train_rng.manual_seed(_seed(self.seed, self.current_epoch + 1))
+        self._train_rng.manual_seed(mask_seed(self.seed, self.current_epoch + 1))
 
     def on_validation_epoch_start(self) -> None:
-        self._val_rng.manual_seed(_seed(self.seed, 0))
+        self._val_rng.manual_seed(mask_seed(self.seed, 0))
 
     def training_step(self, batch: dict, batch_index: int) -> Tensor:
         image = random_flip(batch["image"], self._train_rng)
@@ -195,7 +195,3 @@ class InpaintingModule(lightning.LightningModule):
         shape = tuple(image.shape[-3:])
         masks = [random_patch_mask(shape, self.mask_patch, self.mask_fraction, rng) for _ in range(len(image))]
         return torch.stack(masks)[:, None].to(image.device)
-
-
-def _seed(*values: int) -> int:
-    return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(1)[0])

@@ -196,12 +196,16 @@ def pretrained(tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
-def test_plain_adamw_takes_one_pass_per_step(tmp_path):
-    module = SimCLRModule(create_backbone("sfcn", 1, **SFCN), optimizer="adamw", lr=1e-3, use_sam=False)
+@pytest.mark.parametrize(("use_sam", "passes"), [(False, 1), (True, 2)])
+def test_plain_adamw_takes_one_pass_per_step_and_sam_two(tmp_path, use_sam, passes):
+    module = SimCLRModule(create_backbone("sfcn", 1, **SFCN), optimizer="adamw", lr=1e-3, use_sam=use_sam)
     before = [p.detach().clone() for p in module.backbone.parameters()]
+    calls = []
+    module.backbone.register_forward_hook(lambda *_: calls.append(1))
     train = DataLoader(TwoViews(_volumes(4), _cheap_views(0)), batch_size=4)
     trainer = fit(module, tmp_path, _settings(1), train_dataloaders=train)
     assert trainer.global_step == 1 and math.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert len(calls) == passes  # forward passes of the backbone in the one training step
     assert any(not torch.equal(a, b) for a, b in zip(before, module.backbone.parameters(), strict=True))
 
 

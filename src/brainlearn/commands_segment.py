@@ -190,21 +190,14 @@ def write_segmentation_report(subjects, cache, threshold: float, folder: Path, *
 
 def run_segment(config: dict[str, Any], run) -> dict[str, Any]:
     """Segment lesions in new images with a trained run; the mask is written on the first image's grid."""
-    import json
-
     import nibabel as nib
-    import yaml
 
-    from brainlearn.commands_train import _load_weights
+    from brainlearn.commands_train import _load_weights, read_finished_run
     from brainlearn.data.lesions import standardize_volume
     from brainlearn.io import check_same_grid, read_image, write_image
     from brainlearn.methods.segmentation import predict_volume
 
-    run_dir = Path(config["checkpoint"] or "")
-    if not (run_dir / "selection.json").exists():
-        raise BrainlearnError(f"{run_dir}: not a finished `brainlearn train segment` run (selection.json missing).")
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    selection = json.loads((run_dir / "selection.json").read_text(encoding="utf-8"))
+    run_dir, saved, selection = read_finished_run(config["checkpoint"], ("train segment",))
     paths = [Path(p) for p in config["inputs"]]
     if len(paths) != len(saved["modalities"]):
         raise BrainlearnError(

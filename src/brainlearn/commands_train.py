@@ -240,27 +240,45 @@ def _report(task: str, predictions, folder: Path, config: dict[str, Any], select
     return brain_age_report(predictions, folder, correction=selection["bias_correction"], n_bootstrap=n)
 
 
-def run_evaluate(config: dict[str, Any], run) -> dict[str, Any]:
-    """Score a trained run's model on any table, cache or BIDS folder (an external MRI-only set included)."""
-    import yaml
+def read_finished_run(checkpoint, commands: tuple[str, ...]) -> tuple[Path, dict, dict]:
+    """The run folder of ``--checkpoint`` (a folder or a .ckpt in its checkpoints/), its config and selection.
 
-    source = Path(config["checkpoint"] or "")
-    if not config["checkpoint"]:
-        raise BrainlearnError("evaluate needs --checkpoint (a training run folder or a .ckpt file in one).")
-    run_dir = source if source.is_dir() else source.parent.parent
-    saved_path, selection_path = run_dir / "config.yaml", run_dir / "selection.json"
-    if not saved_path.exists() or not selection_path.exists():
-        raise BrainlearnError(
-            f"{run_dir}: not a finished brainlearn training run (config.yaml or selection.json "
-            "missing). Pass the folder a `brainlearn train` command wrote."
-        )
+    Raises:
+        BrainlearnError: no checkpoint given, the folder is not a finished run of one of ``commands``, or its
+            config.yaml / selection.json cannot be read or lacks what evaluation needs.
+    """
     import json
 
-    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
-    task = {"train classify": "classify", "train brain-age": "brain-age"}.get(saved.get("command"))
-    if task is None:
-        raise BrainlearnError(f"{run_dir}: a {saved.get('command')!r} run; evaluate takes classify or brain-age runs.")
-    selection = json.loads(selection_path.read_text(encoding="utf-8"))
+    import yaml
+
+    if not checkpoint:
+        raise BrainlearnError("--checkpoint is needed: a training run folder or a .ckpt file in one.")
+    source = Path(checkpoint)
+    run_dir = source if source.is_dir() else source.parent.parent
+    saved_path, selection_path = run_dir / "config.yaml", run_dir / "selection.json"
+    if not saved_path.is_file() or not selection_path.is_file():
+        raise BrainlearnError(
+            f"{run_dir}: not a finished brainlearn training run (config.yaml or selection.json missing). "
+            f"Pass the folder a `brainlearn {' / '.join(commands)}` command wrote."
+        )
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+        selection = json.loads(selection_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        raise BrainlearnError(f"{run_dir}: its config.yaml or selection.json cannot be read ({error}).") from error
+    if not isinstance(saved, dict) or saved.get("command") not in commands:
+        found = saved.get("command") if isinstance(saved, dict) else None
+        raise BrainlearnError(f"{run_dir}: a {found!r} run; this command takes {' or '.join(commands)} runs.")
+    if not isinstance(selection, dict) or "checkpoint" not in selection or "modalities" not in saved:
+        raise BrainlearnError(f"{run_dir}: selection.json or config.yaml lacks the kept checkpoint or modalities.")
+    return run_dir, saved, selection
+
+
+def run_evaluate(config: dict[str, Any], run) -> dict[str, Any]:
+    """Score a trained run's model on any table, cache or BIDS folder (an external MRI-only set included)."""
+    source = Path(config["checkpoint"] or "")
+    run_dir, saved, selection = read_finished_run(config["checkpoint"], ("train classify", "train brain-age"))
+    task = saved["command"].removeprefix("train ")
     module = build_module(task, {**saved, "init_from": None, "freeze_encoder": False})
     _load_weights(module, source if source.is_file() else run_dir / "checkpoints" / selection["checkpoint"])
     cache = open_cache(config, run.root, saved["modalities"])

@@ -59,6 +59,12 @@ def test_segment_refuses_the_wrong_number_of_images(cohort, tmp_path, capsys):
     t1 = cohort / "sub-001" / "anat" / "sub-001_T1w.nii.gz"
     assert run("segment", "--checkpoint", out, "--in", t1, "--out", tmp_path / "new") == 2
     assert "the model takes 3 images (t1, t2, flair)" in capsys.readouterr().err
+    args = ("--in", t1, t1, t1)
+    assert run("segment", "--checkpoint", tmp_path, *args, "--out", tmp_path / "a") == 2  # not a run folder
+    assert f"{tmp_path}: not a finished brainlearn training run" in capsys.readouterr().err
+    (out / "selection.json").write_text("{not json", encoding="utf-8")  # a damaged run folder
+    assert run("segment", "--checkpoint", out, *args, "--out", tmp_path / "b") == 2
+    assert "its config.yaml or selection.json cannot be read" in capsys.readouterr().err
 
 
 def test_context_encoder_pretraining_initializes_the_segmenter(cohort, tmp_path):

@@ -37,6 +37,8 @@ class Command:
     path_keys: tuple[str, ...] = ()
     options: tuple[tuple[str, str, dict[str, Any]], ...] = field(default=())  # (flag, config key, argparse kwargs)
     group: str | None = None  # "train" makes this `brainlearn train NAME`
+    # where the run record goes when it is not config["out"] (e.g. synthesize --out names an image file)
+    run_folder: Callable[[dict[str, Any]], str] | None = None
 
     @property
     def full_name(self) -> str:
@@ -131,7 +133,8 @@ def _run_work_command(command: Command, args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_config(config))
         return 0
-    with Run(config["out"], command.full_name, config, overwrite=args.overwrite) as run:
+    root = command.run_folder(config) if command.run_folder else config["out"]
+    with Run(root, command.full_name, config, overwrite=args.overwrite) as run:
         metrics = command.run(config, run)
         if metrics:
             run.write_metrics(metrics)

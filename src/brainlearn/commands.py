@@ -417,8 +417,19 @@ COMMANDS = (
 
 from brainlearn.commands_pretrain import PRETRAIN_COMMANDS  # noqa: E402
 from brainlearn.commands_segment import SEGMENT_COMMANDS  # noqa: E402
+from brainlearn.commands_synthesis import SYNTHESIS_COMMANDS  # noqa: E402
+from brainlearn.commands_synthesize import SYNTHESIZE_COMMAND  # noqa: E402
 from brainlearn.commands_train import TRAIN_COMMANDS  # noqa: E402  (it imports Command from cli, as this module does)
 from brainlearn.convert.command import CONVERT_COMMAND  # noqa: E402
 from brainlearn.experiments import EXPERIMENT_COMMANDS  # noqa: E402
 
-COMMANDS = (CONVERT_COMMAND, *COMMANDS, *TRAIN_COMMANDS, *SEGMENT_COMMANDS, *PRETRAIN_COMMANDS, *EXPERIMENT_COMMANDS)
+COMMANDS = (
+    CONVERT_COMMAND,
+    *COMMANDS,
+    *TRAIN_COMMANDS,
+    *SYNTHESIS_COMMANDS,
+    SYNTHESIZE_COMMAND,
+    *SEGMENT_COMMANDS,
+    *PRETRAIN_COMMANDS,
+    *EXPERIMENT_COMMANDS,
+)

@@ -19,7 +19,7 @@ from brainlearn.trainer import TRAINER_DEFAULTS
 log = logging.getLogger("brainlearn")
 
 GROUPS = {
-    "train": "train a model: classify (diagnosis), brain-age or segment (lesions)",
+    "train": "train a model: classify (diagnosis), brain-age, segment (lesions), sharegan (MRI↔PET), joint",
     "pretrain": "self-supervised pretraining: simclr, context-encoder, inpaint",
     "experiment": "experiments over many runs: label-efficiency",
 }
@@ -32,6 +32,7 @@ _DATA_DEFAULTS = {
     "modalities": ["t1"],
     "downsample": 1,  # average-pool the volumes by this factor (2: 2 mm → 4 mm)
     "augment": True,
+    "intensity": "zscore",  # or "range": [-1, 1] as document 000 (needed by train joint)
     "batch_size": 2,
     "num_workers": 0,
 }
@@ -224,7 +225,12 @@ def _predictions(task: str, module, cache, config: dict[str, Any], split: str | 
 
     classes = _classes(config["classes"]) if task == "classify" else None
     dataset = evaluation_dataset(
-        cache, modalities=config["modalities"], classes=classes, split=split, downsample=config["downsample"]
+        cache,
+        modalities=config["modalities"],
+        classes=classes,
+        split=split,
+        downsample=config["downsample"],
+        intensity=config.get("intensity", "zscore"),  # runs written before this setting have no such key
     )
     return predict(module, dataset, batch_size=config["batch_size"])
 
@@ -240,8 +246,12 @@ def _report(task: str, predictions, folder: Path, config: dict[str, Any], select
     return brain_age_report(predictions, folder, correction=selection["bias_correction"], n_bootstrap=n)
 
 
-def read_finished_run(checkpoint, commands: tuple[str, ...]) -> tuple[Path, dict, dict]:
+def read_finished_run(
+    checkpoint, commands: tuple[str, ...], *, required: tuple[str, ...] = ("modalities",)
+) -> tuple[Path, dict, dict]:
     """The run folder of ``--checkpoint`` (a folder or a .ckpt in its checkpoints/), its config and selection.
+
+    ``required`` names the config keys the caller needs besides ``command``.
 
     Raises:
         BrainlearnError: no checkpoint given, the folder is not a finished run of one of ``commands``, or its
@@ -269,8 +279,11 @@ def read_finished_run(checkpoint, commands: tuple[str, ...]) -> tuple[Path, dict
     if not isinstance(saved, dict) or saved.get("command") not in commands:
         found = saved.get("command") if isinstance(saved, dict) else None
         raise BrainlearnError(f"{run_dir}: a {found!r} run; this command takes {' or '.join(commands)} runs.")
-    if not isinstance(selection, dict) or "checkpoint" not in selection or "modalities" not in saved:
-        raise BrainlearnError(f"{run_dir}: selection.json or config.yaml lacks the kept checkpoint or modalities.")
+    missing = [key for key in required if key not in saved]
+    if not isinstance(selection, dict) or "checkpoint" not in selection or missing:
+        raise BrainlearnError(
+            f"{run_dir}: selection.json or config.yaml lacks the kept checkpoint or {', '.join(required)}."
+        )
     return run_dir, saved, selection
 
 
@@ -380,7 +393,7 @@ def _classes(classes, *, binary: bool = True) -> tuple[str, ...]:
 
 
 def _loader_settings(config: dict[str, Any]) -> dict[str, Any]:
-    keys = ("modalities", "batch_size", "downsample", "augment", "num_workers")
+    keys = ("modalities", "batch_size", "downsample", "augment", "intensity", "num_workers")
     return {key: config[key] for key in keys}
 
 

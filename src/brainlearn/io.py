@@ -133,6 +133,22 @@ def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) 
     return path
 
 
+def from_canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Undo ``read_image(..., canonical=True)``: put an array in RAS+ order back in the file's own axis order.
+
+    Args:
+        array: (X, Y, Z, ...) in the canonical (closest RAS+) orientation of an image whose affine is ``affine``,
+            e.g. a model's output for that image.
+        affine: the image's original voxel-to-world affine, as in its file (not the canonical one).
+
+    Returns:
+        The array in the file's orientation: written with ``affine``, it lies voxel for voxel on the file's grid.
+    """
+    ras = nib.orientations.axcodes2ornt("RAS")
+    back = nib.orientations.ornt_transform(ras, nib.orientations.io_orientation(affine))
+    return np.ascontiguousarray(nib.orientations.apply_orientation(array, back))
+
+
 def check_same_grid(image: Image, other: Image, *, atol: float = 1e-3) -> None:
     """Raise if ``other`` does not lie voxel for voxel on ``image``'s grid (same shape and affine)."""
     if image.shape[:3] == other.shape[:3] and np.allclose(image.affine, other.affine, atol=atol):

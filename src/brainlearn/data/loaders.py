@@ -1,15 +1,27 @@
-"""From a cache to the batches a supervised model trains on: intensity standardization, resolution, augmentation.
+"""From a cache to the batches a model trains on: intensity scaling, resolution, augmentation, padding, cropping.
 
-Every image passes through :class:`VolumeTransform` in the dataset (so in the DataLoader workers):
+Every image of a supervised model passes through :class:`VolumeTransform` in the dataset (so in the DataLoader
+workers):
 
-1. each channel is standardized inside its own non-zero voxels (z-score), so scans from sites with different
-   gains and PET in SUVR or counts all arrive on one scale — the same at training and at evaluation;
+1. each channel is brought to one scale, the same at training and at evaluation, so that scans from sites with
+   different gains and PET in SUVR or counts all arrive alike. ``intensity="zscore"`` (the default) standardizes it
+   inside its own non-zero voxels (:func:`standardize`; the background stays 0); ``intensity="range"`` maps it to
+   [-1, 1] as document 000 does (:func:`scale_to_range`: background -1, the 99.5th percentile of the tissue 1);
 2. optionally averaged down by an integer ``downsample`` factor (2 turns the 2 mm cohort into 4 mm: 16× fewer
    voxels, the CPU configs' setting);
-3. at training time only, a random left-right flip and a shift of up to ``shift`` voxels per axis.
+3. at training time only, a random left-right flip and a shift of up to ``shift`` voxels per axis (the uncovered
+   border takes the background value).
 
-The settings are recorded in the run's config, and :func:`evaluation_loader` rebuilds the same transform, so a
-checkpoint is always evaluated on inputs prepared the way it was trained on.
+MRI–PET pairs for synthesis (document 000's ShareGAN) pass through :class:`PairTransform`: both volumes scaled to
+[-1, 1] and downsampled, padded with the background -1 to a multiple of 16 voxels per axis (a size the U-Net's
+halvings accept; :func:`pad_to_multiple` also returns the slices that undo it), then at training time cropped at
+random (stage 1 trains on e.g. 128³ crops of 256³ volumes) and flipped. :func:`pair_loaders` gives unpaired
+training batches and paired validation batches; :func:`paired_evaluation_dataset` the paired sessions of a split.
+
+Random draws follow one stream from ``seed`` in the main process; inside a DataLoader worker the stream is re-seeded
+from (``seed``, the worker's seed), which differs per worker and per epoch, so workers do not repeat each other's
+draws. The settings are recorded in the run's config, and :func:`evaluation_dataset` rebuilds the same transform,
+so a checkpoint is always evaluated on inputs prepared the way it was trained on.
 """
 
 from __future__ import annotations
@@ -22,48 +34,156 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, get_worker_info
 
 from brainlearn.data.cache import Cache
-from brainlearn.data.datasets import VolumeDataset
+from brainlearn.data.datasets import PairDataset, VolumeDataset
 from brainlearn.errors import BrainlearnError
+
+INTENSITIES = ("zscore", "range")
+_PERCENTILE_SAMPLE = 1_000_000  # voxels: a strided subsample of a 256³ brain gives the same 99.5th percentile
 
 
 class VolumeTransform:
-    """Standardize, downsample and (``augment=True``) flip and shift an item's ``image`` (C, X, Y, Z).
+    """Scale, downsample and (``augment=True``) flip and shift an item's ``image`` (C, X, Y, Z).
 
     Args:
         downsample: integer average-pooling factor (1 keeps the cache's resolution).
         augment: random left-right flip (array axis 0 of a RAS cache) and shift.
-        shift: largest shift in voxels (after downsampling), per axis, filled with zeros.
-        seed: seeds the augmentation. In the main process the draws follow one stream from ``seed``; inside a
-            DataLoader worker the stream is re-seeded from (``seed``, the worker's seed), which differs per worker
-            and per epoch, so workers do not repeat each other's flips and shifts.
+        shift: largest shift in voxels (after downsampling), per axis, filled with the background value.
+        intensity: ``"zscore"`` (:func:`standardize`, background 0) or ``"range"`` (:func:`scale_to_range`,
+            [-1, 1] with background -1, as document 000).
+        seed: seeds the augmentation; re-seeded per DataLoader worker (see the module docstring).
     """
 
-    def __init__(self, *, downsample: int = 1, augment: bool = False, shift: int = 2, seed: int = 0):
-        if not isinstance(downsample, int) or isinstance(downsample, bool) or downsample < 1:
-            raise BrainlearnError(f"downsample must be an integer >= 1, not {downsample!r}.")
+    def __init__(
+        self, *, downsample: int = 1, augment: bool = False, shift: int = 2, intensity: str = "zscore", seed: int = 0
+    ):
+        _check_downsample(downsample)
         if not isinstance(shift, int) or shift < 0:
             raise BrainlearnError(f"shift must be an integer >= 0 (voxels), not {shift!r}.")
-        self.downsample, self.augment, self.shift, self.seed = downsample, augment, shift, seed
-        self._rng, self._worker_seed = np.random.default_rng(seed), None
+        if intensity not in INTENSITIES:
+            raise BrainlearnError(f"intensity must be 'zscore' or 'range', not {intensity!r}.")
+        self.downsample, self.augment, self.shift = downsample, augment, shift
+        self.intensity, self.seed = intensity, seed
+        self._stream = _Stream(seed)
 
     def __call__(self, item: dict) -> dict:
-        image = standardize(item["image"])
-        if self.downsample > 1:
-            image = F.avg_pool3d(image[None], self.downsample, ceil_mode=True)[0]
+        image = scale_to_range(item["image"]) if self.intensity == "range" else standardize(item["image"])
+        image = _downsampled(image, self.downsample)
         if self.augment:
             image = self._augmented(image)
         return {**item, "image": image.contiguous()}
 
     def _augmented(self, image: torch.Tensor) -> torch.Tensor:
+        rng = self._stream.rng()
+        if rng.random() < 0.5:
+            image = image.flip(1)  # (C, X, Y, Z): X is left-right in a RAS cache
+        if self.shift:
+            shifts = rng.integers(-self.shift, self.shift + 1, size=3)
+            background = -1.0 if self.intensity == "range" else 0.0
+            image = _shifted(image, tuple(int(s) for s in shifts), fill=background)
+        return image
+
+
+class PairTransform:
+    """Prepare an item's ``mri`` and ``pet`` (1, X, Y, Z) for synthesis as document 000: [-1, 1], padded, cropped.
+
+    Each volume is scaled by :func:`scale_to_range`, average-pooled by ``downsample``, padded with the background
+    -1 to the next multiple of ``multiple`` per axis (centred, :func:`pad_to_multiple`), then cut to a random
+    ``crop`` and flipped left-right at random (``augment``).
+
+    Args:
+        downsample: integer average-pooling factor (1 keeps the cache's resolution).
+        multiple: pad each axis to a multiple of this many voxels (16 suits a U-Net that halves four times).
+        crop: (X, Y, Z) voxels of a random crop of the padded volume; None keeps the whole padded volume.
+        augment: random left-right flip (array axis 1 of (C, X, Y, Z), left-right in a RAS cache).
+        paired: crop both volumes at one position and flip them together (one session, one grid); False draws
+            each volume's position and flip on its own, as unpaired training does.
+        seed: seeds the draws; re-seeded per DataLoader worker as in :class:`VolumeTransform`.
+
+    Raises:
+        BrainlearnError: a bad setting; when called, a crop larger than a padded volume, or a paired crop of an
+            MRI and a PET on different grids.
+    """
+
+    def __init__(
+        self,
+        *,
+        downsample: int = 1,
+        multiple: int = 16,
+        crop: tuple[int, int, int] | None = None,
+        augment: bool = False,
+        paired: bool = True,
+        seed: int = 0,
+    ):
+        _check_downsample(downsample)
+        _check_multiple(multiple)
+        valid = crop is None or (
+            isinstance(crop, tuple | list) and len(crop) == 3 and all(_is_int(n) and n >= 1 for n in crop)
+        )
+        if not valid:
+            raise BrainlearnError(f"crop must be None or 3 positive integers (X, Y, Z voxels), not {crop!r}.")
+        self.downsample, self.multiple, self.augment, self.paired = downsample, multiple, augment, paired
+        self.crop, self.seed = None if crop is None else tuple(crop), seed
+        self._stream = _Stream(seed)
+
+    def __call__(self, item: dict) -> dict:
+        mri, pet = self._prepared(item["mri"]), self._prepared(item["pet"])
+        if not self.paired:
+            mri, pet = self._cut(mri, *self._draw(mri.shape[1:])), self._cut(pet, *self._draw(pet.shape[1:]))
+        elif self.crop is not None and mri.shape != pet.shape:
+            raise BrainlearnError(
+                f"participant {item.get('participant_id')} session {item.get('session_id')}: a paired crop needs "
+                f"the MRI and PET on one grid, got {tuple(mri.shape[1:])} and {tuple(pet.shape[1:])} after "
+                "padding. Resample them onto one grid (brainlearn preprocess) or set crop=None."
+            )
+        else:
+            window, flip = self._draw(mri.shape[1:])
+            mri, pet = self._cut(mri, window, flip), self._cut(pet, window, flip)
+        return {**item, "mri": mri.contiguous(), "pet": pet.contiguous()}
+
+    def padded_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """The spatial shape of a volume of spatial ``shape`` after downsampling and padding (before the crop)."""
+        sizes = [-(-n // self.downsample) for n in shape]  # avg_pool3d with ceil_mode rounds up
+        return tuple(n + -n % self.multiple for n in sizes)
+
+    def check_crop(self, padded: Sequence[int], name: str = "a") -> None:
+        """Raise a BrainlearnError when ``crop`` does not fit a padded volume of spatial shape ``padded``."""
+        if self.crop is not None and any(c > n for c, n in zip(self.crop, padded, strict=True)):
+            raise BrainlearnError(
+                f"crop {self.crop} is larger than {name} volume padded to {tuple(padded)} (downsample="
+                f"{self.downsample}, padded to a multiple of {self.multiple}); lower crop to fit {tuple(padded)}."
+            )
+
+    def _prepared(self, volume: torch.Tensor) -> torch.Tensor:
+        return pad_to_multiple(_downsampled(scale_to_range(volume), self.downsample), self.multiple)[0]
+
+    def _draw(self, padded: Sequence[int]) -> tuple[tuple[slice, ...], bool]:
+        """One volume's random parameters: the crop window (all of it without crop) and whether to flip."""
+        rng = self._stream.rng()
+        window = tuple(slice(None) for _ in padded)
+        if self.crop is not None:
+            self.check_crop(padded)
+            corner = [int(rng.integers(n - c + 1)) for n, c in zip(padded, self.crop, strict=True)]
+            window = tuple(slice(k, k + c) for k, c in zip(corner, self.crop, strict=True))
+        return window, bool(self.augment and rng.random() < 0.5)
+
+    @staticmethod
+    def _cut(volume: torch.Tensor, window: tuple[slice, ...], flip: bool) -> torch.Tensor:
+        volume = volume[(slice(None), *window)]  # (C, *crop)
+        return volume.flip(1) if flip else volume  # (C, X, Y, Z): X is left-right in a RAS cache
+
+
+class _Stream:
+    """A numpy generator: one stream from ``seed`` in the main process, re-seeded from (``seed``, the worker's seed)
+    in a DataLoader worker's copy, so that workers (and, without persistent workers, epochs) draw differently."""
+
+    def __init__(self, seed: int):
+        self.seed, self._rng, self._worker_seed = seed, np.random.default_rng(seed), None
+
+    def rng(self) -> np.random.Generator:
         info = get_worker_info()
         if info is not None and info.seed != self._worker_seed:  # a worker's copy: its own stream
             self._rng, self._worker_seed = np.random.default_rng([self.seed, info.seed % 2**63]), info.seed
-        if self._rng.random() < 0.5:
-            image = image.flip(1)  # (C, X, Y, Z): X is left-right in a RAS cache
-        if self.shift:
-            shifts = self._rng.integers(-self.shift, self.shift + 1, size=3)
-            image = _shifted(image, tuple(int(s) for s in shifts))
-        return image
+        return self._rng
 
 
 def standardize(image: torch.Tensor) -> torch.Tensor:
@@ -78,15 +198,78 @@ def standardize(image: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _shifted(image: torch.Tensor, shifts: tuple[int, int, int]) -> torch.Tensor:
-    """Translate (C, X, Y, Z) by whole voxels, filling the uncovered border with zeros (no wrap-around)."""
-    out = torch.zeros_like(image)
+def scale_to_range(image: torch.Tensor) -> torch.Tensor:
+    """Map each channel of ``image`` (C, ...) to [-1, 1] as document 000: background (<= 0) -1, bright tissue 1.
+
+    Per channel, ``hi`` is the 99.5th percentile of the voxels > 0 and ``y = clamp(x / hi, 0, 1) * 2 - 1``, so the
+    brightest 0.5 % of the tissue saturates at 1. A channel without a positive voxel becomes all -1.
+    """
+    out = torch.full_like(image, -1.0, dtype=torch.float32)
+    for c, channel in enumerate(image.float()):
+        positive = channel[channel > 0]
+        if positive.numel() == 0:
+            continue
+        step = max(1, positive.numel() // _PERCENTILE_SAMPLE)  # torch.quantile refuses tensors this big
+        hi = float(np.percentile(positive[::step].cpu().numpy(), 99.5))
+        out[c] = (channel / hi).clamp(0, 1) * 2 - 1
+    return out
+
+
+def pad_to_multiple(
+    image: torch.Tensor, multiple: int, value: float = -1.0
+) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
+    """Pad ``image`` (C, X, Y, Z) with ``value`` to the next multiple of ``multiple`` voxels per spatial axis.
+
+    The padding is centred: half of it before, half after, the odd voxel after.
+
+    Returns:
+        The padded (C, X', Y', Z') tensor and the spatial slices that cut the input back out of it (or out of any
+        output of the padded size, e.g. a synthesized volume): ``padded[(..., *slices)]`` equals ``image``.
+    """
+    _check_multiple(multiple)
+    if image.dim() != 4:
+        raise BrainlearnError(f"pad_to_multiple takes a (C, X, Y, Z) tensor, not one of shape {tuple(image.shape)}.")
+    spatial = image.shape[1:]
+    before = [(-n % multiple) // 2 for n in spatial]
+    after = [-n % multiple - b for n, b in zip(spatial, before, strict=True)]
+    widths = [w for b, a in zip(reversed(before), reversed(after), strict=True) for w in (b, a)]  # F.pad: Z first
+    slices = tuple(slice(b, b + n) for b, n in zip(before, spatial, strict=True))
+    return F.pad(image, widths, value=value), slices
+
+
+def _downsampled(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average (C, X, Y, Z) over blocks of ``factor``³ voxels; partial blocks at the far edges average their voxels."""
+    return F.avg_pool3d(image[None], factor, ceil_mode=True)[0] if factor > 1 else image
+
+
+def _shifted(image: torch.Tensor, shifts: tuple[int, int, int], fill: float = 0.0) -> torch.Tensor:
+    """Translate (C, X, Y, Z) by whole voxels, filling the uncovered border with ``fill`` (no wrap-around)."""
+    out = torch.full_like(image, fill)
     source, target = [slice(None)], [slice(None)]
     for shift, n in zip(shifts, image.shape[1:], strict=True):
         source.append(slice(max(0, -shift), n - max(0, shift)))
         target.append(slice(max(0, shift), n - max(0, -shift)))
     out[tuple(target)] = image[tuple(source)]
     return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_downsample(downsample) -> None:
+    if not _is_int(downsample) or downsample < 1:
+        raise BrainlearnError(f"downsample must be an integer >= 1, not {downsample!r}.")
+
+
+def _check_multiple(multiple) -> None:
+    if not _is_int(multiple) or multiple < 1:
+        raise BrainlearnError(f"multiple must be an integer >= 1 (voxels), not {multiple!r}.")
+
+
+def _check_batch_size(batch_size) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise BrainlearnError(f"batch_size must be a positive integer, not {batch_size!r}.")
 
 
 def training_loaders(
@@ -97,6 +280,7 @@ def training_loaders(
     batch_size: int,
     downsample: int = 1,
     augment: bool = True,
+    intensity: str = "zscore",
     num_workers: int = 0,
     seed: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
@@ -105,16 +289,17 @@ def training_loaders(
     Raises:
         BrainlearnError: the cache has no ``train`` or no ``val`` rows with these diagnoses.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise BrainlearnError(f"batch_size must be a positive integer, not {batch_size!r}.")
+    _check_batch_size(batch_size)
     train = VolumeDataset(
         cache,
         modalities=tuple(modalities),
         classes=tuple(classes),
         split="train",
-        transform=VolumeTransform(downsample=downsample, augment=augment, seed=seed),
+        transform=VolumeTransform(downsample=downsample, augment=augment, intensity=intensity, seed=seed),
     )
-    val = evaluation_dataset(cache, modalities=modalities, classes=classes, split="val", downsample=downsample)
+    val = evaluation_dataset(
+        cache, modalities=modalities, classes=classes, split="val", downsample=downsample, intensity=intensity
+    )
     generator = torch.Generator().manual_seed(seed)
     common = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
     return (
@@ -124,7 +309,13 @@ def training_loaders(
 
 
 def evaluation_dataset(
-    cache: Cache, *, modalities: Sequence[str], classes: Sequence[str] | None, split: str | None, downsample: int = 1
+    cache: Cache,
+    *,
+    modalities: Sequence[str],
+    classes: Sequence[str] | None,
+    split: str | None,
+    downsample: int = 1,
+    intensity: str = "zscore",
 ) -> VolumeDataset:
     """The sessions of ``split`` with diagnoses in ``classes``, prepared as at training time, never augmented."""
     return VolumeDataset(
@@ -132,8 +323,74 @@ def evaluation_dataset(
         modalities=tuple(modalities),
         classes=tuple(classes) if classes is not None else None,
         split=split,
-        transform=VolumeTransform(downsample=downsample),
+        transform=VolumeTransform(downsample=downsample, intensity=intensity),
     )
+
+
+def pair_loaders(
+    cache: Cache,
+    *,
+    mri: str = "t1",
+    pet: str = "pet",
+    classes: Sequence[str] | None = None,
+    batch_size: int,
+    downsample: int = 1,
+    crop: tuple[int, int, int] | None = None,
+    multiple: int = 16,
+    augment: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> tuple[DataLoader, DataLoader]:
+    """Unpaired, cropped, flipped training batches and paired, whole validation batches for synthesis (document 000).
+
+    Batches hold ``mri`` and ``pet`` (B, 1, X, Y, Z) in [-1, 1] (X, Y, Z: ``crop``, or the padded volume) and the
+    metadata of :class:`~brainlearn.data.datasets.PairDataset` items. Training gives each MRI the PET of another
+    participant; call ``train.dataset.set_epoch(epoch)`` when an epoch starts to draw new partners. Workers are never
+    persistent: they copy the dataset, partners included, when each epoch starts.
+
+    Raises:
+        BrainlearnError: a bad batch_size or setting, a crop larger than a padded volume, or no ``train`` or no
+            ``val`` rows with these diagnoses.
+    """
+    _check_batch_size(batch_size)
+    transform = PairTransform(
+        downsample=downsample, multiple=multiple, crop=crop, augment=augment, paired=False, seed=seed
+    )
+    train = PairDataset(
+        cache, mri=mri, pet=pet, paired=False, seed=seed, classes=classes, split="train", transform=transform
+    )
+    for name, modality in (("the MRI", mri), ("the PET", pet)):
+        for shape in {cache.shape(row, modality) for row in train.rows}:
+            transform.check_crop(transform.padded_shape(shape), name)
+    val = paired_evaluation_dataset(
+        cache, mri=mri, pet=pet, classes=classes, split="val", downsample=downsample, multiple=multiple
+    )
+    generator = torch.Generator().manual_seed(seed)
+    common = {"batch_size": batch_size, "num_workers": num_workers, "persistent_workers": False}
+    drop_last = len(train) >= batch_size  # no short last batch (of one, at worst), unless it is the only one
+    return (
+        DataLoader(train, shuffle=True, drop_last=drop_last, generator=generator, **common),
+        DataLoader(val, shuffle=False, **common),
+    )
+
+
+def paired_evaluation_dataset(
+    cache: Cache,
+    *,
+    mri: str = "t1",
+    pet: str = "pet",
+    classes: Sequence[str] | None,
+    split: str | None,
+    downsample: int = 1,
+    multiple: int = 16,
+) -> PairDataset:
+    """Each session's MRI with its own PET, of ``split``, scaled, downsampled and padded as for training.
+
+    No crop and no augmentation: items are whole padded volumes; :func:`pad_to_multiple` on the downsampled size
+    gives the slices that cut the session's grid back out of a synthesized volume.
+    """
+    transform = PairTransform(downsample=downsample, multiple=multiple, crop=None, augment=False, paired=True)
+    return PairDataset(cache, mri=mri, pet=pet, paired=True, classes=classes, split=split, transform=transform)
 
 
 def class_counts(dataset: VolumeDataset, classes: Sequence[str]) -> dict[str, int]:

@@ -409,7 +409,7 @@ COMMANDS = (
     Command(
         name="demo",
         help="run the whole path on a small built-in cohort and show what to look at",
-        defaults={"subjects": 80, "spacing": 2.0, "seed": 0, "epochs": 8, "out": "runs/demo"},
+        defaults={"subjects": 80, "spacing": 2.0, "seed": 0, "epochs": 8, "n_bootstrap": 1000, "out": "runs/demo"},
         path_keys=("out",),
         run=run_demo,
     ),

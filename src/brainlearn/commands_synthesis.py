@@ -8,8 +8,9 @@
 3. ``train joint --synthesis SHAREGAN_RUN --classifier CLASSIFY_RUN``: both together (:mod:`brainlearn.methods.joint`).
 
 Each run folder holds, besides the trainer's files, ``selection.json`` (the kept checkpoint and, for joint runs,
-the decision thresholds fitted on validation for each input), ``generator.json`` (what the generator needs at
-inference: the modalities, ``downsample`` and ``model_options``; a joint run takes them from its ShareGAN run) and
+the decision thresholds fitted on validation for each input), ``inference.json`` (what inference needs: the
+modalities, ``downsample`` and ``model_options``, which a joint run takes from its ShareGAN run, and a joint run's
+classifier: ``model``, ``model_options``, ``dropout``, ``classes``) and
 ``evaluation/<split>/``: the synthesis scores
 of every paired session (``synthesis.tsv``, ``synthesis.json`` with 95 % intervals) and, for joint runs, the
 diagnosis reports from the MRI, from the synthesized PET and from both (``mri/``, ``synthesized/``, ``both/``).
@@ -29,8 +30,8 @@ from brainlearn.trainer import TRAINER_DEFAULTS
 
 log = logging.getLogger("brainlearn")
 
-GENERATOR_FILE = "generator.json"
-GENERATOR_KEYS = ("mri", "pet", "downsample", "model_options")
+INFERENCE_FILE = "inference.json"
+INFERENCE_KEYS = ("mri", "pet", "downsample", "model_options")
 
 
 def run_train_sharegan(config: dict[str, Any], run) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def run_train_sharegan(config: dict[str, Any], run) -> dict[str, Any]:
         _load_gan(checkpoint, generator, discriminator_pet, discriminator_mri)
     module = ShareGANModule(generator, discriminator_pet, discriminator_mri, **_gan_settings(config))
     fit(module, run.root, config["trainer"], train_dataloaders=train, val_dataloaders=val)
-    write_generator_settings(run.root, {key: config[key] for key in GENERATOR_KEYS})
+    write_inference_settings(run.root, {key: config[key] for key in INFERENCE_KEYS})
     return _select_and_evaluate(module, cache, config, run)
 
 
@@ -89,32 +90,33 @@ def run_train_joint(config: dict[str, Any], run) -> dict[str, Any]:
         **gan,
     )
     fit(module, run.root, config["trainer"], train_dataloaders=train, val_dataloaders=val)
-    write_generator_settings(run.root, generator_settings | {"classes": settings["classes"]})
+    classifier_settings = {key: classifier_config[key] for key in ("model", "model_options", "dropout", "classes")}
+    write_inference_settings(run.root, generator_settings | {"classifier": classifier_settings})
     return _select_and_evaluate(module, cache, settings, run)
 
 
-def write_generator_settings(root: Path, settings: dict[str, Any]) -> None:
-    """Record what the run's generator needs at inference (modalities, downsample, model_options) in generator.json."""
+def write_inference_settings(root: Path, settings: dict[str, Any]) -> None:
+    """Write inference.json: modalities, downsample, model_options and, for a joint run, its classifier."""
     from brainlearn.atomic import write_json
 
-    write_json(root / GENERATOR_FILE, settings)
+    write_json(root / INFERENCE_FILE, settings)
 
 
 def read_generator_run(source) -> tuple[Path, dict[str, Any]]:
-    """The kept checkpoint (or the given .ckpt) of a finished ShareGAN / joint run and its generator.json.
+    """The kept checkpoint (or the given .ckpt) of a finished ShareGAN / joint run and its inference.json.
 
     Raises:
-        BrainlearnError: not such a run, or its generator.json is missing or incomplete.
+        BrainlearnError: not such a run, or its inference.json is missing or incomplete.
     """
     import json
 
     run_dir, _, selection = read_finished_run(source, ("train sharegan", "train joint"), required=())
-    path = run_dir / GENERATOR_FILE
+    path = run_dir / INFERENCE_FILE
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise BrainlearnError(f"{path}: cannot be read ({error}); the run did not finish. Rerun it.") from error
-    missing = [key for key in GENERATOR_KEYS if key not in settings]
+    missing = [key for key in INFERENCE_KEYS if key not in settings]
     if missing:
         raise BrainlearnError(f"{path}: lacks {', '.join(missing)}; rerun the training into a new folder.")
     given = Path(source)

@@ -58,7 +58,7 @@ def load_generator(checkpoint) -> tuple[Any, dict[str, Any]]:
         checkpoint: the run folder (its kept checkpoint is used) or a ``.ckpt`` file in its ``checkpoints/``.
 
     Returns:
-        The generator and the run's generator.json (modalities, downsample, model_options).
+        The generator and the run's inference.json (modalities, downsample, model_options).
     """
     import torch
 
@@ -70,7 +70,7 @@ def load_generator(checkpoint) -> tuple[Any, dict[str, Any]]:
     # model_options also holds the discriminators' `downsamples`; the generator takes width and heads
     options = {key: value for key, value in dict(saved["model_options"] or {}).items() if key in ("width", "heads")}
     generator = ShareSynNet(**options)
-    hint = "Pass the run folder that wrote this checkpoint; its generator.json gives the generator's model_options."
+    hint = "Pass the run folder that wrote this checkpoint; its inference.json gives the generator's model_options."
     count = load_module_weights(generator, path, "generator", hint=hint)
     log.info("generator loaded from %s (%d tensors, %s)", path, count, options or "default width")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -290,7 +290,14 @@ def read_finished_run(
 def run_evaluate(config: dict[str, Any], run) -> dict[str, Any]:
     """Score a trained run's model on any table, cache or BIDS folder (an external MRI-only set included)."""
     source = Path(config["checkpoint"] or "")
-    run_dir, saved, selection = read_finished_run(config["checkpoint"], ("train classify", "train brain-age"))
+    commands = ("train classify", "train brain-age", "train joint")
+    run_dir, saved, selection = read_finished_run(config["checkpoint"], commands, required=())
+    if saved["command"] == "train joint":
+        from brainlearn.synthesis_evaluation import evaluate_joint_run
+
+        return evaluate_joint_run(config, run)
+    if "modalities" not in saved:
+        raise BrainlearnError(f"{run_dir}: config.yaml lacks the modalities; rerun the training.")
     task = saved["command"].removeprefix("train ")
     module = build_module(task, {**saved, "init_from": None, "freeze_encoder": False})
     _load_weights(module, source if source.is_file() else run_dir / "checkpoints" / selection["checkpoint"])
@@ -453,7 +460,8 @@ TRAIN_COMMANDS = (
     ),
     Command(
         name="evaluate",
-        help="score a trained classifier or brain-age model on any table, with bootstrap confidence intervals",
+        help="score a trained classifier, brain-age or joint model on any table (MRI only is enough), with bootstrap "
+        "confidence intervals",
         defaults={
             "checkpoint": None,
             "cache": None,

@@ -7,7 +7,10 @@
    checkpoint, threshold or bias correction chosen on validation, and evaluate both on the test split;
 5. train a small 2D U-Net on the participants with lesions and evaluate it lesion-wise on the test split;
 6. pretrain an SFCN with SimCLR on the unlabelled training T1s, then train AD vs CN from it and from scratch on
-   the same 10 % and 100 % of the labelled participants: the label-efficiency plot.
+   the same 10 % and 100 % of the labelled participants: the label-efficiency plot;
+7. document 000: a small ShareGAN (stage 1, on crops of unpaired T1 and PET), then joint training with step 4's
+   AwareNet; diagnosis from MRI, from synthesized PET and from both next to the MRI-only AwareNet, and synthesized
+   PET for every held-out participant (the external site has no PET of its own in practice).
 The later stages (explanations, report) extend this demo as they land.
 """
 
@@ -33,7 +36,7 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     )
     montage = save_cohort_montage(cohort_dir, report.table, run.figures / "cohort_montage.png")
     effects = measured_effects(read_truths(cohort_dir, report.table))
-    log.info("step 1/6: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
+    log.info("step 1/7: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
     for diagnosis in ("CN", "MCI", "AD"):
         if f"cohort/{diagnosis}/n" in effects:
             log.info(
@@ -46,12 +49,12 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
 
     table = read_bids(cohort_dir)
     table_path = write_table(table, run.root / "participants.tsv")
-    log.info("step 2/6: participants table (splits by participant): %s", table_path)
+    log.info("step 2/7: participants table (splits by participant): %s", table_path)
 
     cached = build_cache(table, run.root / "cache", modalities=("t1", "pet"), dtype="float16", progress=True)
     speed = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=2)
     log.info(
-        "step 3/6: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
+        "step 3/7: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
         cached.n_volumes,
         speed["ratio"],
     )
@@ -68,6 +71,11 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     log.info(
         "         %s (AD vs CN from SimCLR pretraining and from scratch, 10 %% and 100 %% of the labels)",
         run.root / "label-efficiency" / "figures" / "label_efficiency.png",
+    )
+    log.info(
+        "         %s (real MRI, synthesized PET, real PET), %s (PET synthesized for the held-out participants)",
+        run.root / "joint" / "evaluation" / "test" / "synthesis.png",
+        run.root / "synthesized",
     )
     return {
         **effects,
@@ -93,6 +101,7 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
             "downsample=2",
             "batch_size=4",
             "optimizer.lr=3.0e-4",
+            "intensity=range",  # document 000's [-1, 1], so that step 7 can train it jointly with the generator
             f"trainer.max_epochs={epochs}",
             "trainer.patience=null",
         ],
@@ -109,7 +118,7 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
         overrides = [
             *settings[name],
             "trainer.progress_bar=false",
-            "evaluate.n_bootstrap=1000",
+            f"evaluate.n_bootstrap={config['n_bootstrap']}",
             "model=" + ("awarenet" if name == "classify" else "sfcn"),
         ]
         sub = load_config(
@@ -122,11 +131,11 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
                 result = train(sub, sub_run)
                 sub_run.write_metrics(result)
         except BrainlearnError as error:  # e.g. a cohort too small to hold both classes in every split
-            log.warning("step 4/6: %s not trained: %s (generate more subjects)", name, error)
+            log.warning("step 4/7: %s not trained: %s (generate more subjects)", name, error)
             continue
         metrics |= {f"demo/{name}/{key}": value for key, value in result.items() if key.startswith("test/")}
-        log.info("step 4/6: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
-    return metrics | _segment_lesions(run, config) | _label_efficiency(run, config)
+        log.info("step 4/7: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
+    return metrics | _segment_lesions(run, config) | _label_efficiency(run, config) | _synthesis(run, config)
 
 
 def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +162,7 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
         "pos_weight=5",
         f"trainer.max_epochs={max(1, 3 * config['epochs'] // 4)}",  # 6 at the default 8: 4 left val Dice at 0
         "trainer.progress_bar=false",
-        "evaluate.n_bootstrap=1000",
+        f"evaluate.n_bootstrap={config['n_bootstrap']}",
     ]
     command = next(c for c in SEGMENT_COMMANDS if c.group == "train")
     sub = load_config(
@@ -166,9 +175,9 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
             result = run_train_segment(sub, sub_run)
             sub_run.write_metrics(result)
     except BrainlearnError as error:
-        log.warning("step 5/6: lesions not segmented: %s (generate more subjects)", error)
+        log.warning("step 5/7: lesions not segmented: %s (generate more subjects)", error)
         return {}
-    log.info("step 5/6: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
+    log.info("step 5/7: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
     return {f"demo/segment/{key}": value for key, value in result.items() if key.startswith("test/")}
 
 
@@ -189,7 +198,12 @@ def _label_efficiency(run, config: dict[str, Any]) -> dict[str, Any]:
             "label-efficiency",
             run_label_efficiency,
             "label-efficiency",
-            ["fractions=[10, 100]", "seeds=1", f"trainer.max_epochs={epochs}", "n_bootstrap=200"],
+            [
+                "fractions=[10, 100]",
+                "seeds=1",
+                f"trainer.max_epochs={epochs}",
+                f"n_bootstrap={min(200, config['n_bootstrap'])}",
+            ],
         ),
     )
     result: dict[str, Any] = {}
@@ -205,12 +219,55 @@ def _label_efficiency(run, config: dict[str, Any]) -> dict[str, Any]:
                 sub_run.write_metrics(outcome)
             result |= outcome
         except BrainlearnError as error:
-            log.warning("step 6/6: %s not run: %s (generate more subjects)", name, error)
+            log.warning("step 6/7: %s not run: %s (generate more subjects)", name, error)
             return {}
     log.info(
-        "step 6/6: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
+        "step 6/7: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
     )
     return {f"demo/{key}": value for key, value in result.items() if key.startswith("label_efficiency/")}
+
+
+def _synthesis(run, config: dict[str, Any]) -> dict[str, Any]:
+    """Step 7: ShareGAN stage 1 and joint training with step 4's AwareNet; synthesized PET for held-out sessions."""
+    from brainlearn.data.tables import read_table, write_table
+    from brainlearn.errors import BrainlearnError
+
+    if not (run.root / "classify" / "selection.json").exists():
+        log.warning("step 7/7: skipped: step 4 trained no classifier to join")
+        return {}
+    quiet = ["trainer.progress_bar=false", "trainer.patience=null", f"evaluate.n_bootstrap={config['n_bootstrap']}"]
+    gan = ["downsample=2", "model_options={width: 8, heads: 8, downsamples: 3}", "crop=[32, 32, 32]", "batch_size=2"]
+    gan += [f"trainer.max_epochs={config['epochs']}", f"optimizer.decay_start={config['epochs'] // 2}"]
+    joint = ["optimizer.lr=1.0e-5", "optimizer.lr_classifier=1.0e-4", "trainer.max_epochs=1"]  # ×10 the paper's
+    table = read_table(run.root / "participants.tsv")
+    held_out = write_table(table[table["split"].isin(["test", "external"])], run.root / "held-out.tsv")
+    cache, root = str(run.root / "cache"), run.root
+    try:
+        _sub_run("train sharegan", {"cache": cache, "out": str(root / "sharegan")}, [*gan, *quiet])
+        flags = {"cache": cache, "synthesis": str(root / "sharegan"), "classifier": str(root / "classify")}
+        result = _sub_run("train joint", flags | {"out": str(root / "joint")}, [*joint, *quiet])
+        flags = {"checkpoint": str(root / "joint"), "table": str(held_out), "out": str(root / "synthesized")}
+        synthesized = _sub_run("synthesize", flags, [])
+    except BrainlearnError as error:
+        log.warning("step 7/7: not run: %s (generate more subjects)", error)
+        return {}
+    log.info("step 7/7: ShareGAN and joint model trained, PET synthesized: %s", root / "joint" / "evaluation" / "test")
+    metrics = {f"demo/joint/{key}": value for key, value in result.items() if key.startswith("test/")}
+    return metrics | {"demo/synthesized": synthesized.get("synthesize/n", 0)}
+
+
+def _sub_run(name: str, flags: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """Run the command ``name`` (e.g. ``"train joint"``) into ``flags['out']``; its metrics."""
+    from brainlearn.commands import COMMANDS
+    from brainlearn.config import load_config
+    from brainlearn.runs import Run
+
+    command = next(c for c in COMMANDS if c.full_name == name)
+    sub = load_config(command.defaults, flags=flags, overrides=overrides, path_keys=command.path_keys)
+    with Run(command.run_folder(sub) if command.run_folder else sub["out"], name, sub) as sub_run:
+        result = command.run(sub, sub_run) or {}
+        sub_run.write_metrics(result)
+    return result
 
 
 def _log_results(trained: dict[str, Any]) -> None:
@@ -236,6 +293,17 @@ def _log_results(trained: dict[str, Any]) -> None:
                 scores["scratch"],
                 scores["pretrained"],
             )
+    joint = {name: trained.get(f"demo/joint/test/{name}/roc_auc") for name in ("mri", "synthesized", "both")}
+    if None not in joint.values():
+        log.info(
+            "result: AD vs CN test ROC-AUC after joint training: from MRI %.2f, from synthesized PET %.2f, both %.2f",
+            joint["mri"][0],
+            joint["synthesized"][0],
+            joint["both"][0],
+        )
+    if "demo/joint/test/ssim" in trained:
+        ssim, psnr = trained["demo/joint/test/ssim"], trained["demo/joint/test/psnr"]
+        log.info("result: synthesized PET against the real PET (test): SSIM %.2f, PSNR %.1f dB", ssim[0], psnr[0])
     log.info(
         "         (a demo-sized cohort: the intervals show how little a test split of a few participants "
         "says; docs/benchmarks.md has the 200-participant figures and the volume baseline next to them)"

@@ -109,6 +109,7 @@ def _synthesis_report(table: pd.DataFrame, examples: list, folder: Path, config:
 
 
 def _diagnosis_report(table, name: str, classes, folder: Path, selection: dict, config: dict) -> dict[str, Any]:
+    """The diagnosis report of input ``name`` (mri, synthesized, both) with its validation threshold."""
     from brainlearn.evaluation import write_classifier_report
 
     columns = {f"p_{c}_{name}": f"p_{c}" for c in classes}
@@ -117,3 +118,67 @@ def _diagnosis_report(table, name: str, classes, folder: Path, selection: dict, 
     return write_classifier_report(
         predictions, classes, folder, threshold=threshold, n_bootstrap=config["evaluate"]["n_bootstrap"]
     )
+
+
+def evaluate_joint_run(config: dict[str, Any], run) -> dict[str, Any]:
+    """``brainlearn evaluate`` of a joint run on any table: diagnosis from MRI, synthesized PET and both; MRI only."""
+    from brainlearn.commands_synthesis import read_generator_run
+    from brainlearn.commands_train import _load_weights, _scalar_or_interval, open_cache, read_finished_run
+
+    checkpoint, settings = read_generator_run(config["checkpoint"])
+    _, _, selection = read_finished_run(config["checkpoint"], ("train joint",), required=())
+    module = build_joint_module(settings)
+    _load_weights(module, checkpoint)
+    classes = tuple(settings["classifier"]["classes"])
+    cache = open_cache(config, run.root, [settings["mri"]])
+    split = None if config["split"] in (None, "all") else config["split"]
+    table = predict_mri(module, cache, settings, split, classes)
+    metrics: dict[str, Any] = {}
+    for name in INPUTS:
+        report = _diagnosis_report(table, name, classes, run.root / name, selection, {"evaluate": config})
+        metrics |= {f"{name}/{key}": value for key, value in report.items() if _scalar_or_interval(value)}
+    log.info("look at: %s (from MRI, synthesized PET and both)", run.root)
+    return metrics
+
+
+def build_joint_module(settings: dict[str, Any]):
+    """A JointModule with the architecture ``inference.json`` records (weights not loaded)."""
+    from brainlearn.commands_synthesis import build_gan
+    from brainlearn.methods.joint import JointModule
+    from brainlearn.models.networks import build_network
+
+    spec = settings["classifier"]
+    classifier = build_network(
+        spec["model"],
+        in_channels=1,
+        outputs=len(spec["classes"]),
+        options=spec["model_options"],
+        dropout=spec["dropout"],
+    )
+    return JointModule(*build_gan(settings["model_options"]), classifier, spec["classes"])
+
+
+@torch.no_grad()
+def predict_mri(module, cache, settings: dict[str, Any], split: str | None, classes) -> pd.DataFrame:
+    """One row per session of ``split`` (MRI alone): ids, diagnosis, label and the three inputs' probabilities."""
+    from brainlearn.data.datasets import VolumeDataset
+    from brainlearn.data.loaders import VolumeTransform, pad_to_multiple
+
+    prepare = VolumeTransform(downsample=settings["downsample"], intensity="range")
+
+    def transform(item: dict) -> dict:
+        item = prepare(item)
+        return {**item, "image": pad_to_multiple(item["image"], module.generator.multiple)[0]}
+
+    dataset = VolumeDataset(cache, modalities=(settings["mri"],), classes=classes, split=split, transform=transform)
+    module.eval()
+    rows = []
+    for item in DataLoader(dataset, batch_size=1, shuffle=False):
+        out = module(item["image"].to(module.device))
+        row = {key: item[key][0] for key in ("participant_id", "session_id")} | {"label": int(item["label"][0])}
+        for name in INPUTS:
+            row |= {f"p_{c}_{name}": float(p) for c, p in zip(classes, out[f"p_{name}"][0].tolist(), strict=True)}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.insert(2, "diagnosis", cache.index.iloc[dataset.rows]["diagnosis"].to_numpy())
+    return table

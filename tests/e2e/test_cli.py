@@ -138,7 +138,7 @@ def test_bench_cache_read(tmp_path):
 
 
 def test_demo_runs_on_a_tiny_cohort(tmp_path):
-    assert run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1") == 0
+    assert run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1", "n_bootstrap=100") == 0
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["demo/cached"] == 24
     assert "demo/classify/test/roc_auc" in metrics and "demo/brain-age/test/mae" in metrics
@@ -151,7 +151,13 @@ def test_demo_runs_on_a_tiny_cohort(tmp_path):
     assert list((tmp_path / "demo" / "segment" / "evaluation" / "test" / "masks").glob("*_lesions.nii.gz"))
     assert metrics["cohort/jacobian_min"] > 0
     assert (tmp_path / "demo" / "figures" / "cohort_montage.png").stat().st_size > 10_000
-    assert run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1") == 0  # resumes
+    assert (tmp_path / "demo" / "joint" / "evaluation" / "test" / "synthesis.png").exists()
+    assert "demo/joint/test/both/roc_auc" in metrics and "demo/joint/test/ssim" in metrics
+    synthesized = pd.read_csv(tmp_path / "demo" / "synthesized" / "synthesized.tsv", sep="\t")
+    assert (synthesized["status"] == "synthesized").sum() == metrics["demo/synthesized"] > 0
+    assert (
+        run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1", "n_bootstrap=100") == 0
+    )  # resumes
 
 
 def test_cohort_command_writes_a_cohort_that_caches(tmp_path):

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from brainlearn.cli import main
+from brainlearn.data.bids import read_bids
+from brainlearn.data.tables import write_table
 
 
 def run(*args) -> int:
@@ -52,7 +54,7 @@ def stages(cohort, tmp_path_factory):
 
 def test_sharegan_stages_record_the_generator_and_score_the_test_split(stages):
     stage1, stage2 = stages
-    generator = json.loads((stage2 / "generator.json").read_text())
+    generator = json.loads((stage2 / "inference.json").read_text())
     assert generator["model_options"]["width"] == 2 and generator["downsample"] == 1
     synthesis = json.loads((stage2 / "evaluation" / "test" / "synthesis.json").read_text())
     assert synthesis["n"] == 4 and -1 <= synthesis["ssim"][0] <= 1 and synthesis["mae"][0] > 0
@@ -74,6 +76,14 @@ def test_joint_training_reports_three_diagnoses_then_synthesizes(cohort, stages,
         assert 0 <= metrics[f"test/{name}/roc_auc"][0] <= 1
         assert (joint / "evaluation" / "test" / name / "roc.png").exists()
     assert "test/ssim" in metrics and "external/mri/roc_auc" in metrics
+
+    table = read_bids(cohort)  # an external site without PET
+    write_table(table[table["split"] == "external"].drop(columns="pet"), tmp_path / "mri-only.tsv")
+    args = ["--checkpoint", joint, "--table", tmp_path / "mri-only.tsv", "--split", "all", "n_bootstrap=50"]
+    assert run("evaluate", *args, "--out", tmp_path / "external") == 0
+    external = json.loads((tmp_path / "external" / "metrics.json").read_text())
+    assert external["both/threshold"] == selection["thresholds"]["both"]
+    assert (tmp_path / "external" / "synthesized" / "predictions.tsv").exists()
 
     source = sorted(cohort.rglob("*_T1w.nii.gz"))[0]
     assert run("synthesize", "--checkpoint", joint, "--in", source, "--out", tmp_path / "pet.nii.gz") == 0

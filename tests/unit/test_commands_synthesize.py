@@ -42,7 +42,7 @@ def _save(path, array, axcodes="RAS", zooms=ZOOMS):
 
 
 def _fake_run(folder, *, command="train sharegan", downsample=1, width=2, saved_width=None):
-    """A finished training run: config.yaml, selection.json, generator.json and a checkpoint of ShareSynNet."""
+    """A finished training run: config.yaml, selection.json, inference.json and a checkpoint of ShareSynNet."""
     torch.manual_seed(0)
     state = {f"generator.{k}": v for k, v in ShareSynNet(width=width).state_dict().items()}
     state["discriminator_pet.layers.0.weight"] = torch.zeros(2, 1, 4, 4, 4)  # other modules of the method
@@ -55,7 +55,7 @@ def _fake_run(folder, *, command="train sharegan", downsample=1, width=2, saved_
         "model_options": {"width": saved_width or width, "heads": 8, "downsamples": 3},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump({"command": command}), encoding="utf-8")
-    (folder / "generator.json").write_text(json.dumps(generator), encoding="utf-8")
+    (folder / "inference.json").write_text(json.dumps(generator), encoding="utf-8")
     (folder / "selection.json").write_text(json.dumps({"checkpoint": "best.ckpt"}), encoding="utf-8")
     return folder
 

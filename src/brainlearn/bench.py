@@ -181,10 +181,100 @@ def bench_preprocess(config: dict[str, Any], run) -> dict[str, Any]:
     }
 
 
+def bench_sharegan(config: dict[str, Any], run) -> dict[str, Any]:
+    """One ShareGAN training step at ``size``³, batch ``batch``: the six generator passes as two batched calls
+    (brainlearn) against six separate calls (the reference code's way), same weights and inputs, in one run."""
+    import torch
+
+    from brainlearn.commands_synthesis import build_gan
+    from brainlearn.methods.sharegan import ShareGANModule
+
+    size, batch, width = config["size"], config["batch"], config["width"]
+    if size % 16 or size < 32:
+        raise BrainlearnError(f"bench sharegan: --size must be a multiple of 16 and at least 32, not {size}.")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    downsamples = min(5, size.bit_length() - 3)  # the discriminator keeps at least 2 voxels per axis
+    module = ShareGANModule(*build_gan({"width": width, "downsamples": downsamples})).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    mri, pet = (torch.rand(batch, 1, size, size, size, device=device, generator=generator) * 2 - 1 for _ in "ab")
+    bf16 = config["precision"] == "bf16"
+
+    def step(batched: bool) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = module.translate_both_ways(mri, pet) if batched else _six_calls(module.generator, mri, pet)
+            loss_g = module.generator_losses(mri, pet, out)["loss_g"]
+        loss_g.backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss_d = module.discriminator_loss(mri, pet, out)
+        loss_d.backward()
+        module.zero_grad(set_to_none=True)
+
+    rows = []
+    for name, batched in (("six separate generator calls (reference)", False), ("two batched calls", True)):
+        seconds, peak = _timed(lambda b=batched: step(b), config["repeats"], device)
+        rows.append((name, seconds, peak))
+    ratio = rows[0][1] / rows[1][1]
+    where = f"{device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()})"
+    lines = [
+        f"# ShareGAN step: {size}³, batch {batch}, width {width}, {config['precision']}, {where}",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, `brainlearn bench --method sharegan --size {size} --batch {batch} "
+        f"width={width} precision={config['precision']}`, median of {config['repeats']} after one warm-up step",
+        "",
+        "| generator passes | ms/step | peak GPU memory (GiB) | speed-up |",
+        "|---|---|---|---|",
+        *[f"| {n} | {1000 * t:.0f} | {p:.2f} | {rows[0][1] / t:.2f}× |" for n, t, p in rows],
+    ]
+    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
+    log.info("\n%s", "\n".join(lines))
+    return {
+        "bench/sharegan/ms_reference": 1000 * rows[0][1],
+        "bench/sharegan/ms": 1000 * rows[1][1],
+        "bench/sharegan/ratio": ratio,
+        "bench/sharegan/peak_gib": rows[1][2],
+    }
+
+
+def _six_calls(generator, mri, pet) -> dict:
+    """The translations of :meth:`ShareGANModule.translate_both_ways`, one generator call each."""
+    from brainlearn.models.sharesynnet import MRI_TO_PET, PET_TO_MRI
+
+    fake_pet, fake_mri = generator(mri, MRI_TO_PET), generator(pet, PET_TO_MRI)
+    return {
+        "fake_pet": fake_pet,
+        "fake_mri": fake_mri,
+        "same_pet": generator(pet, MRI_TO_PET),
+        "same_mri": generator(mri, PET_TO_MRI),
+        "cycled_mri": generator(fake_pet, PET_TO_MRI),
+        "cycled_pet": generator(fake_mri, MRI_TO_PET),
+    }
+
+
+def _timed(step: Callable[[], None], repeats: int, device) -> tuple[float, float]:
+    """Median seconds of ``step`` over ``repeats`` calls after one warm-up, and peak CUDA memory in GiB (0 on CPU)."""
+    import torch
+
+    cuda = device.type == "cuda"
+    step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    return float(np.median(times)), peak
+
+
 METHODS: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {
     "preprocess": bench_preprocess,
     "cache-read": bench_cache_read,
     "cohort": bench_cohort,
+    "sharegan": bench_sharegan,
 }
 
 

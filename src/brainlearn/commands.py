@@ -396,12 +396,17 @@ COMMANDS = (
             "repeats": 3,
             "dtype": "float16",
             "spacing": 2.0,
+            "batch": 1,  # sharegan: volumes per step
+            "width": 32,  # sharegan: the generator's first width (32 = document 000)
+            "precision": "fp32",  # sharegan: fp32 or bf16 (autocast)
             "out": "runs/bench",
         },
         path_keys=("out",),
         run=run_bench,
         options=(
-            ("--method", "method", {"help": "what to time: cache-read, cohort, preprocess"}),
+            ("--method", "method", {"help": "what to time: cache-read, cohort, preprocess, sharegan"}),
+            ("--batch", "batch", {"type": int, "help": "sharegan: volumes per step (1)"}),
+            ("--precision", "precision", {"choices": ("fp32", "bf16"), "help": "sharegan: fp32 or bf16 autocast"}),
             ("--size", "size", {"type": int, "help": "volume edge in voxels (96)"}),
             ("--n", "n", {"type": int, "help": "number of volumes (8)"}),
         ),
@@ -409,7 +414,7 @@ COMMANDS = (
     Command(
         name="demo",
         help="run the whole path on a small built-in cohort and show what to look at",
-        defaults={"subjects": 80, "spacing": 2.0, "seed": 0, "epochs": 8, "n_bootstrap": 1000, "out": "runs/demo"},
+        defaults={"subjects": 64, "spacing": 2.0, "seed": 0, "epochs": 8, "n_bootstrap": 500, "out": "runs/demo"},
         path_keys=("out",),
         run=run_demo,
     ),

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -31,9 +32,10 @@ def evaluate_synthesis_run(module, cache, config: dict[str, Any], root: Path) ->
     checkpoint = _kept_checkpoint(root)
     _load_weights(module, checkpoint)
     classes = tuple(config["classes"]) if hasattr(module, "classifier") else None
+    reference = mean_training_pet(cache, config)
     selection: dict[str, Any] = {"checkpoint": checkpoint.name}
     if classes:
-        val, _ = predict_pairs(module, cache, config, "val", classes)
+        val, _ = predict_pairs(module, cache, config, "val", classes, None)
         selection["thresholds"] = {name: _threshold(val, name, classes) for name in INPUTS}
     write_json(root / "selection.json", selection)
     metrics: dict[str, Any] = {"selection/checkpoint": checkpoint.name}
@@ -41,7 +43,7 @@ def evaluate_synthesis_run(module, cache, config: dict[str, Any], root: Path) ->
         if split not in set(cache.index["split"].dropna()):
             continue
         try:
-            table, examples = predict_pairs(module, cache, config, split, classes)
+            table, examples = predict_pairs(module, cache, config, split, classes, reference)
         except BrainlearnError as error:  # e.g. no session of the classifier's classes in this split
             log.warning("not evaluated on %s: %s", split, error)
             continue
@@ -55,10 +57,34 @@ def evaluate_synthesis_run(module, cache, config: dict[str, Any], root: Path) ->
     return metrics
 
 
+def mean_training_pet(cache, config: dict[str, Any]):
+    """The voxel-wise mean of the training split's PET, prepared as the model's inputs (None on mixed grids).
+
+    It is the reference every synthesis is reported next to: a "synthesized" PET that knows nothing of the
+    participant. A generator that does not beat it has learned the population, not the person.
+    """
+    from brainlearn.data.loaders import paired_evaluation_dataset
+
+    dataset = paired_evaluation_dataset(
+        cache, mri=config["mri"], pet=config["pet"], classes=None, split="train", downsample=config["downsample"]
+    )
+    total = None
+    for i in range(len(dataset)):
+        pet = dataset[i]["pet"][0].numpy().astype(np.float64)
+        if total is not None and pet.shape != total.shape:
+            log.info("training PET on several grids: no mean-PET reference")
+            return None
+        total = pet if total is None else total + pet
+    return (total / len(dataset)).astype(np.float32)
+
+
 @torch.no_grad()
-def predict_pairs(module, cache, config: dict[str, Any], split: str, classes) -> tuple[pd.DataFrame, list]:
+def predict_pairs(
+    module, cache, config: dict[str, Any], split: str, classes, reference=None
+) -> tuple[pd.DataFrame, list]:
     """One row per paired session of ``split``: ids, diagnosis, label, synthesis scores (and probabilities).
 
+    With a ``reference`` volume (the mean training PET), its scores against each real PET too (``reference_*``).
     Returns the table and the first ``evaluate.figure_rows`` (title, MRI, synthesized PET, real PET) for a figure.
     """
     from brainlearn.data.loaders import paired_evaluation_dataset
@@ -76,6 +102,8 @@ def predict_pairs(module, cache, config: dict[str, Any], split: str, classes) ->
         fake, real = out["pet"][0, 0].float().cpu().numpy(), item["pet"][0, 0].numpy()
         row = {key: item[key][0] for key in ("participant_id", "session_id")} | {"label": int(item["label"][0])}
         row |= synthesis_metrics(fake, real)
+        if reference is not None and reference.shape == real.shape:
+            row |= {f"reference_{k}": v for k, v in synthesis_metrics(reference, real).items()}
         for name in INPUTS if classes else ():
             row |= {f"p_{c}_{name}": float(p) for c, p in zip(classes, out[f"p_{name}"][0].tolist(), strict=True)}
         rows.append(row)
@@ -101,11 +129,19 @@ def _synthesis_report(table: pd.DataFrame, examples: list, folder: Path, config:
     from brainlearn.report.figures import save_synthesis_figure
 
     write_tsv(table, folder / "synthesis.tsv")
-    intervals = synthesis_table_metrics(table, n_bootstrap=config["evaluate"]["n_bootstrap"])
-    scores = {name: [round(float(v), 4) for v in interval] for name, interval in intervals.items()}
+    n = config["evaluate"]["n_bootstrap"]
+    scores = _rounded(synthesis_table_metrics(table, n_bootstrap=n))
+    if "reference_ssim" in table:  # the mean training PET, scored the same way
+        reference = table[[f"reference_{k}" for k in ("mae", "psnr", "ssim")]]
+        reference = reference.rename(columns=lambda name: name.removeprefix("reference_"))
+        scores |= {f"reference/{k}": v for k, v in _rounded(synthesis_table_metrics(reference, n_bootstrap=n)).items()}
     write_json(folder / "synthesis.json", scores | {"n": len(table)})
     save_synthesis_figure(examples, folder / "synthesis.png")
     return scores
+
+
+def _rounded(intervals: dict) -> dict[str, list[float]]:
+    return {name: [round(float(v), 4) for v in interval] for name, interval in intervals.items()}
 
 
 def _diagnosis_report(table, name: str, classes, folder: Path, selection: dict, config: dict) -> dict[str, Any]:

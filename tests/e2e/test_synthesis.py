@@ -58,6 +58,7 @@ def test_sharegan_stages_record_the_generator_and_score_the_test_split(stages):
     assert generator["model_options"]["width"] == 2 and generator["downsample"] == 1
     synthesis = json.loads((stage2 / "evaluation" / "test" / "synthesis.json").read_text())
     assert synthesis["n"] == 4 and -1 <= synthesis["ssim"][0] <= 1 and synthesis["mae"][0] > 0
+    assert 0 < synthesis["reference/ssim"][0] <= 1  # the mean training PET, the score to beat
     assert (stage2 / "evaluation" / "test" / "synthesis.png").exists()
     assert "random (32, 32, 32) crops" in (stage1 / "log.txt").read_text()
     assert "initialized from" in (stage2 / "log.txt").read_text()

@@ -78,7 +78,6 @@ def run_train_joint(config: dict[str, Any], run) -> dict[str, Any]:
     _load_gan(synthesis_checkpoint, generator, discriminator_pet, discriminator_mri)
     classifier = _trained_classifier(config["classifier"], classifier_config)
     gan = _gan_settings(config)
-    gan.pop("decay_start")
     module = JointModule(
         generator,
         discriminator_pet,

@@ -37,7 +37,8 @@ class JointModule(ShareGANModule):
         classification_weight: weight of the cross-entropy (1).
         lr_classifier: Adam learning rate of the classifier (1e-5).
         lr: Adam learning rate of the generator and discriminators (1e-6).
-        lr_decay: factor per epoch for all three (0.7), from the second epoch on.
+        lr_decay: factor per epoch for all three (0.7).
+        decay_start: epochs at the full learning rates (1: the decay starts with the second epoch).
         seed: seeds the image pools and the real-or-synthesized draw.
         **gan: the other ShareGAN settings (cycle_weight, identity_weight, pool_size, betas, accumulate).
     """
@@ -54,11 +55,19 @@ class JointModule(ShareGANModule):
         lr_classifier: float = 1e-5,
         lr: float = 1e-6,
         lr_decay: float = 0.7,
+        decay_start: int = 1,
         seed: int = 0,
         **gan,
     ):
         super().__init__(
-            generator, discriminator_pet, discriminator_mri, lr=lr, lr_decay=lr_decay, decay_start=1, seed=seed, **gan
+            generator,
+            discriminator_pet,
+            discriminator_mri,
+            lr=lr,
+            lr_decay=lr_decay,
+            decay_start=decay_start,
+            seed=seed,
+            **gan,
         )
         self.classifier, self.classes = classifier, tuple(classes)
         self.classification_weight, self.lr_classifier = classification_weight, lr_classifier
@@ -113,5 +122,5 @@ class JointModule(ShareGANModule):
     def configure_optimizers(self):
         optimizers, schedules = super().configure_optimizers()
         optimizer_c = torch.optim.Adam(self.classifier.parameters(), lr=self.lr_classifier, betas=self.betas)
-        schedule_c = torch.optim.lr_scheduler.LambdaLR(optimizer_c, decay_after(1, self.lr_decay))
+        schedule_c = torch.optim.lr_scheduler.LambdaLR(optimizer_c, decay_after(self.decay_start, self.lr_decay))
         return [*optimizers, optimizer_c], [*schedules, schedule_c]

@@ -109,3 +109,12 @@ def test_joint_training_updates_generator_and_classifier_and_reports_three_aucs(
     out = module(torch.rand(2, 1, 32, 32, 32) * 2 - 1)
     assert out["pet"].shape == (2, 1, 32, 32, 32)
     torch.testing.assert_close(out["p_both"], (out["p_mri"] + out["p_synthesized"]) / 2)
+
+
+def test_joint_learning_rates_are_separate_and_decay_together():
+    generator, d_pet, d_mri = _gan()
+    module = JointModule(generator, d_pet, d_mri, AwareNet(1, 2, width=8), ("CN", "AD"))
+    optimizers, schedules = module.configure_optimizers()
+    assert [o.param_groups[0]["lr"] for o in optimizers] == [1e-6, 1e-6, 1e-5]  # generator, discriminators, classifier
+    for schedule in schedules:
+        assert schedule.lr_lambdas[0](0) == 1 and schedule.lr_lambdas[0](1) == pytest.approx(0.7)

@@ -190,11 +190,10 @@ def write_segmentation_report(subjects, cache, threshold: float, folder: Path, *
 
 def run_segment(config: dict[str, Any], run) -> dict[str, Any]:
     """Segment lesions in new images with a trained run; the mask is written on the first image's grid."""
-    import nibabel as nib
 
     from brainlearn.commands_train import _load_weights, read_finished_run
     from brainlearn.data.lesions import standardize_volume
-    from brainlearn.io import check_same_grid, read_image, write_image
+    from brainlearn.io import check_same_grid, from_canonical, read_image, write_image
     from brainlearn.methods.segmentation import predict_volume
 
     run_dir, saved, selection = read_finished_run(config["checkpoint"], ("train segment",))
@@ -211,13 +210,10 @@ def run_segment(config: dict[str, Any], run) -> dict[str, Any]:
     _load_weights(module, run_dir / "checkpoints" / selection["checkpoint"])
     volume = standardize_volume(np.stack([image.array for image in images]))
     probabilities = predict_volume(module, volume, spatial_dims=_dims(saved), patch=saved["patch"])
-    original = nib.load(paths[0])
-    back = nib.orientations.ornt_transform(
-        nib.orientations.axcodes2ornt("RAS"), nib.orientations.io_orientation(original.affine)
-    )
-    mask = nib.orientations.apply_orientation(probabilities >= selection["threshold"], back).astype(np.uint8)
+    affine = read_image(paths[0]).affine  # the file's own (a .npy of document 000 gets its 1 mm identity)
+    mask = from_canonical((probabilities >= selection["threshold"]).astype(np.uint8), affine)
     stem = paths[0].name.split(".")[0]
-    out = write_image(run.root / f"{stem}_lesions.nii.gz", mask, original.affine)
+    out = write_image(run.root / f"{stem}_lesions.nii.gz", mask, affine)
     log.info("look at: %s (%d lesion voxels, threshold %.2f)", out, int(mask.sum()), selection["threshold"])
     return {"segment/lesion_voxels": int(mask.sum()), "segment/output": str(out)}
 

@@ -52,6 +52,13 @@ def test_train_segment_then_segment_new_images(cohort, tmp_path):
     assert mask.shape == t1.shape and np.allclose(mask.affine, t1.affine)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
 
+    arrays = []  # document 000's .npy format: no header, a 1 mm identity affine
+    for image in images:
+        arrays.append(tmp_path / image.name.replace(".nii.gz", ".npy"))
+        np.save(arrays[-1], np.asarray(nib.load(image).dataobj, dtype=np.float32))
+    assert run("segment", "--checkpoint", out, "--in", *arrays, "--out", tmp_path / "npy") == 0
+    assert nib.load(tmp_path / "npy" / "sub-001_T1w_lesions.nii.gz").shape == t1.shape
+
 
 def test_segment_refuses_the_wrong_number_of_images(cohort, tmp_path, capsys):
     out = tmp_path / "seg"

@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, WeightedRandomSampler, get_worker_info
+from torch.utils.data import Dataset, Subset, WeightedRandomSampler
 
 from brainlearn.data.cache import Cache
 from brainlearn.data.datasets import ImageMaskDataset, VolumeDataset
+from brainlearn.data.streams import WorkerStream
 from brainlearn.errors import BrainlearnError
 
 
@@ -152,7 +153,7 @@ class LesionPatchDataset(Dataset):
             self.volumes = VolumeDataset(cache, modalities=tuple(modalities), classes=None, split=split)
         self.patch, self.samples, self.lesion_fraction = patch, samples_per_volume, lesion_fraction
         self.transform, self.seed = transform, seed
-        self._rng, self._worker_seed = np.random.default_rng(seed), None
+        self._stream = WorkerStream(seed)
         self._centres: dict[int, tuple] = {}  # position -> (stats, lesion voxels, head voxels), found once
 
     def __len__(self) -> int:
@@ -167,11 +168,9 @@ class LesionPatchDataset(Dataset):
             lesion = np.argwhere(mask[0]) if mask is not None else np.empty((0, 3), dtype=np.int64)
             self._centres[position] = (_channel_stats(image), lesion, np.argwhere(image[0] != 0))
         (mean, std), lesion, head = self._centres[position]
-        info = get_worker_info()
-        if info is not None and info.seed != self._worker_seed:  # a worker's copy draws its own patches
-            self._rng, self._worker_seed = np.random.default_rng([self.seed, info.seed % 2**63]), info.seed
-        pool = lesion if len(lesion) and self._rng.random() < self.lesion_fraction else head
-        centre = pool[self._rng.integers(len(pool))] if len(pool) else np.array(image.shape[1:]) // 2
+        rng = self._stream.rng()  # a worker's copy draws its own patches
+        pool = lesion if len(lesion) and rng.random() < self.lesion_fraction else head
+        centre = pool[rng.integers(len(pool))] if len(pool) else np.array(image.shape[1:]) // 2
         image = _crop(image, centre, self.patch)
         scale = (slice(None), None, None, None)
         image = np.where(image != 0, (image - mean[scale]) / std[scale], 0.0).astype(np.float32)  # as the whole

@@ -31,10 +31,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 from brainlearn.data.cache import Cache
 from brainlearn.data.datasets import PairDataset, VolumeDataset
+from brainlearn.data.streams import WorkerStream
 from brainlearn.errors import BrainlearnError
 
 INTENSITIES = ("zscore", "range")
@@ -63,7 +64,7 @@ class VolumeTransform:
             raise BrainlearnError(f"intensity must be 'zscore' or 'range', not {intensity!r}.")
         self.downsample, self.augment, self.shift = downsample, augment, shift
         self.intensity, self.seed = intensity, seed
-        self._stream = _Stream(seed)
+        self._stream = WorkerStream(seed)
 
     def __call__(self, item: dict) -> dict:
         image = scale_to_range(item["image"]) if self.intensity == "range" else standardize(item["image"])
@@ -123,7 +124,7 @@ class PairTransform:
             raise BrainlearnError(f"crop must be None or 3 positive integers (X, Y, Z voxels), not {crop!r}.")
         self.downsample, self.multiple, self.augment, self.paired = downsample, multiple, augment, paired
         self.crop, self.seed = None if crop is None else tuple(crop), seed
-        self._stream = _Stream(seed)
+        self._stream = WorkerStream(seed)
 
     def __call__(self, item: dict) -> dict:
         mri, pet = self._prepared(item["mri"]), self._prepared(item["pet"])
@@ -170,20 +171,6 @@ class PairTransform:
     def _cut(volume: torch.Tensor, window: tuple[slice, ...], flip: bool) -> torch.Tensor:
         volume = volume[(slice(None), *window)]  # (C, *crop)
         return volume.flip(1) if flip else volume  # (C, X, Y, Z): X is left-right in a RAS cache
-
-
-class _Stream:
-    """A numpy generator: one stream from ``seed`` in the main process, re-seeded from (``seed``, the worker's seed)
-    in a DataLoader worker's copy, so that workers (and, without persistent workers, epochs) draw differently."""
-
-    def __init__(self, seed: int):
-        self.seed, self._rng, self._worker_seed = seed, np.random.default_rng(seed), None
-
-    def rng(self) -> np.random.Generator:
-        info = get_worker_info()
-        if info is not None and info.seed != self._worker_seed:  # a worker's copy: its own stream
-            self._rng, self._worker_seed = np.random.default_rng([self.seed, info.seed % 2**63]), info.seed
-        return self._rng
 
 
 def standardize(image: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,11 @@ diagnosis reports from the MRI, from the synthesized PET and from both (``mri/``
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 from brainlearn.cli import Command
-from brainlearn.commands_train import _DATA_OPTIONS, open_cache, read_finished_run
+from brainlearn.commands_train import _DATA_DEFAULTS, _DATA_OPTIONS, open_cache, read_finished_run
 from brainlearn.errors import BrainlearnError
 from brainlearn.trainer import TRAINER_DEFAULTS
 
@@ -192,6 +191,7 @@ def _check_trainer(config: dict[str, Any]) -> None:
 def _crop(config: dict[str, Any], cache) -> tuple[int, int, int] | None:
     """The training crop: as configured; at stage 1 by default half the padded volume (128³ of 256³)."""
     from brainlearn.data.datasets import PairDataset
+    from brainlearn.data.loaders import PairTransform
 
     stage, crop = config["stage"], config["crop"]
     if stage not in (1, 2):
@@ -205,8 +205,7 @@ def _crop(config: dict[str, Any], cache) -> tuple[int, int, int] | None:
     if stage == 2:
         return None
     rows = PairDataset(cache, mri=config["mri"], pet=config["pet"], classes=None, split="train").rows
-    shape = cache.shape(rows[0], config["mri"])
-    padded = [math.ceil(math.ceil(n / config["downsample"]) / 16) * 16 for n in shape]
+    padded = PairTransform(downsample=config["downsample"]).padded_shape(cache.shape(rows[0], config["mri"]))
     # at least 32: a 16-voxel crop leaves one voxel at the bottleneck, where InstanceNorm has nothing to normalize
     return tuple(min(n, max(32, n // 2 // 16 * 16)) for n in padded)
 
@@ -238,12 +237,7 @@ def _select_and_evaluate(module, cache, config: dict[str, Any], run) -> dict[str
 
 
 _GAN_DEFAULTS = {
-    "cache": None,
-    "table": None,
-    "bids": None,
-    "labels": ["CN", "MCI", "AD"],
-    "augment": True,
-    "num_workers": 0,
+    **{key: _DATA_DEFAULTS[key] for key in ("cache", "table", "bids", "labels", "augment", "num_workers")},
     "cycle_weight": 10.0,
     "identity_weight": 0.3,  # relative to cycle_weight, as in the CycleGAN code
     "pool_size": 10,

@@ -295,7 +295,7 @@ def run_evaluate(config: dict[str, Any], run) -> dict[str, Any]:
     if saved["command"] == "train joint":
         from brainlearn.synthesis_evaluation import evaluate_joint_run
 
-        return evaluate_joint_run(config, run)
+        return evaluate_joint_run(config, run, selection)
     if "modalities" not in saved:
         raise BrainlearnError(f"{run_dir}: config.yaml lacks the modalities; rerun the training.")
     task = saved["command"].removeprefix("train ")

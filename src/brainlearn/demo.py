@@ -88,12 +88,8 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
 
 def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
     """Step 4: the CPU configs of a classifier and a brain-age model, trained and evaluated in sub-run folders."""
-    from brainlearn.commands_train import TRAIN_COMMANDS, run_train_brain_age, run_train_classify
-    from brainlearn.config import load_config
     from brainlearn.errors import BrainlearnError
-    from brainlearn.runs import Run
 
-    commands = {command.name: command for command in TRAIN_COMMANDS}
     epochs = config["epochs"]
     settings = {
         "classify": [
@@ -114,22 +110,16 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
         ],
     }
     metrics: dict[str, Any] = {}
-    for name, train in (("classify", run_train_classify), ("brain-age", run_train_brain_age)):
+    for name in ("classify", "brain-age"):
         overrides = [
             *settings[name],
             "trainer.progress_bar=false",
             f"evaluate.n_bootstrap={config['n_bootstrap']}",
             "model=" + ("awarenet" if name == "classify" else "sfcn"),
         ]
-        sub = load_config(
-            commands[name].defaults,
-            flags={"cache": str(run.root / "cache"), "out": str(run.root / name)},
-            overrides=overrides,
-        )
+        flags = {"cache": str(run.root / "cache"), "out": str(run.root / name)}
         try:
-            with Run(sub["out"], f"train {name}", sub) as sub_run:
-                result = train(sub, sub_run)
-                sub_run.write_metrics(result)
+            result = _sub_run(f"train {name}", flags, overrides)
         except BrainlearnError as error:  # e.g. a cohort too small to hold both classes in every split
             log.warning("step 4/7: %s not trained: %s (generate more subjects)", name, error)
             continue
@@ -143,12 +133,9 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
     import nibabel as nib
     import numpy as np
 
-    from brainlearn.commands_segment import SEGMENT_COMMANDS, run_train_segment
-    from brainlearn.config import load_config
     from brainlearn.data.bids import read_bids
     from brainlearn.data.cache import build_cache
     from brainlearn.errors import BrainlearnError
-    from brainlearn.runs import Run
 
     table = read_bids(run.root / "cohort")
     has_lesions = [isinstance(path, str) and bool(np.asarray(nib.load(path).dataobj).any()) for path in table["mask"]]
@@ -164,16 +151,9 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
         "trainer.progress_bar=false",
         f"evaluate.n_bootstrap={config['n_bootstrap']}",
     ]
-    command = next(c for c in SEGMENT_COMMANDS if c.group == "train")
-    sub = load_config(
-        command.defaults,
-        flags={"cache": str(run.root / "lesion-cache"), "out": str(run.root / "segment")},
-        overrides=overrides,
-    )
+    flags = {"cache": str(run.root / "lesion-cache"), "out": str(run.root / "segment")}
     try:
-        with Run(sub["out"], "train segment", sub) as sub_run:
-            result = run_train_segment(sub, sub_run)
-            sub_run.write_metrics(result)
+        result = _sub_run("train segment", flags, overrides)
     except BrainlearnError as error:
         log.warning("step 5/7: lesions not segmented: %s (generate more subjects)", error)
         return {}
@@ -183,21 +163,15 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
 
 def _label_efficiency(run, config: dict[str, Any]) -> dict[str, Any]:
     """Step 6: brief SimCLR pretraining, then scratch vs pretrained AD vs CN at 10 % and 100 % of the labels."""
-    from brainlearn.commands_pretrain import PRETRAIN_COMMANDS, run_pretrain_simclr
-    from brainlearn.config import load_config
     from brainlearn.errors import BrainlearnError
-    from brainlearn.experiments import EXPERIMENT_COMMANDS, run_label_efficiency
-    from brainlearn.runs import Run
 
     # half the epochs of step 4: the demo's ten minutes (SimCLR's loss still falls, see docs/benchmarks.md)
     epochs, backbone = max(1, config["epochs"] // 2), "model_options={channels: [8, 16, 32, 64, 64, 32]}"
     common = [backbone, "trainer.progress_bar=false", "downsample=2"]
     steps = (
-        (PRETRAIN_COMMANDS, "simclr", run_pretrain_simclr, "pretrain", [f"trainer.max_epochs={epochs}"]),
+        ("pretrain simclr", "pretrain", [f"trainer.max_epochs={epochs}"]),
         (
-            EXPERIMENT_COMMANDS,
-            "label-efficiency",
-            run_label_efficiency,
+            "experiment label-efficiency",
             "label-efficiency",
             [
                 "fractions=[10, 100]",
@@ -208,17 +182,12 @@ def _label_efficiency(run, config: dict[str, Any]) -> dict[str, Any]:
         ),
     )
     result: dict[str, Any] = {}
-    for commands, name, train, folder, overrides in steps:
-        command = next(c for c in commands if c.name == name)
+    for name, folder, overrides in steps:
         flags = {"cache": str(run.root / "cache"), "out": str(run.root / folder)}
-        if name == "label-efficiency":
+        if folder == "label-efficiency":
             flags["pretrained"] = result["pretrain/checkpoint"]
-        sub = load_config(command.defaults, flags=flags, overrides=[*common, *overrides])
         try:
-            with Run(sub["out"], f"{command.group} {name}", sub) as sub_run:
-                outcome = train(sub, sub_run)
-                sub_run.write_metrics(outcome)
-            result |= outcome
+            result |= _sub_run(name, flags, [*common, *overrides])
         except BrainlearnError as error:
             log.warning("step 6/7: %s not run: %s (generate more subjects)", name, error)
             return {}

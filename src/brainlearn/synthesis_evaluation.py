@@ -156,13 +156,15 @@ def _diagnosis_report(table, name: str, classes, folder: Path, selection: dict, 
     )
 
 
-def evaluate_joint_run(config: dict[str, Any], run) -> dict[str, Any]:
-    """``brainlearn evaluate`` of a joint run on any table: diagnosis from MRI, synthesized PET and both; MRI only."""
+def evaluate_joint_run(config: dict[str, Any], run, selection: dict[str, Any]) -> dict[str, Any]:
+    """``brainlearn evaluate`` of a joint run on any table: diagnosis from MRI, synthesized PET and both; MRI only.
+
+    ``selection`` is the run's selection.json (its thresholds), as the caller read it.
+    """
     from brainlearn.commands_synthesis import read_generator_run
-    from brainlearn.commands_train import _load_weights, _scalar_or_interval, open_cache, read_finished_run
+    from brainlearn.commands_train import _load_weights, _scalar_or_interval, open_cache
 
     checkpoint, settings = read_generator_run(config["checkpoint"])
-    _, _, selection = read_finished_run(config["checkpoint"], ("train joint",), required=())
     module = build_joint_module(settings)
     _load_weights(module, checkpoint)
     classes = tuple(settings["classifier"]["classes"])

@@ -68,6 +68,14 @@ def decay_after(decay_start: int, lr_decay: float):
     return lambda epoch: lr_decay ** max(0, epoch + 1 - decay_start)
 
 
+def _alphas(like: Tensor, values: list[float], repeat: int) -> Tensor:
+    """Each of ``values`` ``repeat`` times, as a tensor made on ``like``'s device (no host-to-device copy)."""
+    out = like.new_empty(len(values) * repeat)
+    for k, value in enumerate(values):
+        out[k * repeat : (k + 1) * repeat] = value
+    return out
+
+
 class ShareGANModule(lightning.LightningModule):
     """Train ``generator`` with ``discriminator_pet`` and ``discriminator_mri`` on unpaired ``mri`` / ``pet`` batches.
 
@@ -115,9 +123,9 @@ class ShareGANModule(lightning.LightningModule):
     def translate_both_ways(self, mri: Tensor, pet: Tensor) -> dict[str, Tensor]:
         """Translations, identities and cycles of one unpaired batch, in two batched generator calls."""
         b = len(mri)
-        alphas = torch.tensor([MRI_TO_PET] * 2 * b + [PET_TO_MRI] * 2 * b, device=mri.device)
+        alphas = _alphas(mri, [MRI_TO_PET, MRI_TO_PET, PET_TO_MRI, PET_TO_MRI], b)
         fake_pet, same_pet, fake_mri, same_mri = self.generator(torch.cat([mri, pet, pet, mri]), alphas).split(b)
-        alphas = torch.tensor([PET_TO_MRI] * b + [MRI_TO_PET] * b, device=mri.device)
+        alphas = _alphas(mri, [PET_TO_MRI, MRI_TO_PET], b)
         cycled_mri, cycled_pet = self.generator(torch.cat([fake_pet, fake_mri]), alphas).split(b)
         return {
             "fake_pet": fake_pet,

@@ -420,6 +420,7 @@ COMMANDS = (
     ),
 )
 
+from brainlearn.commands_generation import GENERATION_COMMANDS  # noqa: E402
 from brainlearn.commands_pretrain import PRETRAIN_COMMANDS  # noqa: E402
 from brainlearn.commands_segment import SEGMENT_COMMANDS  # noqa: E402
 from brainlearn.commands_synthesis import SYNTHESIS_COMMANDS  # noqa: E402
@@ -436,5 +437,6 @@ COMMANDS = (
     SYNTHESIZE_COMMAND,
     *SEGMENT_COMMANDS,
     *PRETRAIN_COMMANDS,
+    *GENERATION_COMMANDS,
     *EXPERIMENT_COMMANDS,
 )

@@ -159,6 +159,7 @@ def run_pretrain_inpaint(config: dict[str, Any], run) -> dict[str, Any]:
 _INPUTS = {"cache": None, "table": None, "bids": None, "labels": ["CN", "MCI", "AD"]}
 _INPUT_OPTIONS = (
     ("--cache", "cache", {"metavar": "DIR", "help": "a brainlearn cache folder"}),
+    ("--table", "table", {"metavar": "FILE", "help": "participants table with a split column (instead of --cache)"}),
     ("--bids", "bids", {"metavar": "DIR", "help": "BIDS folder (instead of --cache)"}),
 )
 

@@ -101,12 +101,23 @@ def synthesize_volume(generator, volume: np.ndarray, *, alpha: float, downsample
     x, crop = pad_to_multiple(x, generator.multiple)
     with torch.no_grad():
         y = generator(x[None].to(device), alpha)[0].float().cpu()  # (1, X', Y', Z')
+    return restore_grid(y, crop, downsample, volume.shape)[0]
+
+
+def restore_grid(y, crop: tuple[slice, ...], downsample: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """A model's output (C, X', Y', Z') in [-1, 1] on the padded, downsampled grid → (C, X, Y, Z) in [0, 1].
+
+    The padding is cut away (``crop``: the slices :func:`~brainlearn.data.loaders.pad_to_multiple` returned), the
+    result upsampled ×``downsample`` (trilinear) and cut to ``shape``, the input's grid; float32.
+    """
+    import torch.nn.functional as F
+
     y = y[(slice(None), *crop)]
     if downsample > 1:
         # ×d exactly (not "to X, Y, Z"): voxel centres stay where avg_pool put them; the ceil_mode overhang is cut
         y = F.interpolate(y[None], scale_factor=downsample, mode="trilinear", align_corners=False)[0]
-        y = y[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
-    return ((y[0] + 1) / 2).numpy().astype(np.float32)
+        y = y[:, : shape[0], : shape[1], : shape[2]]
+    return ((y + 1) / 2).numpy().astype(np.float32)
 
 
 def synthesize_file(generator, source: Path, target: Path, *, alpha: float, downsample: int = 1) -> np.ndarray:

@@ -20,7 +20,7 @@ log = logging.getLogger("brainlearn")
 
 GROUPS = {
     "train": "train a model: classify (diagnosis), brain-age, segment (lesions), sharegan (MRI↔PET), joint",
-    "pretrain": "self-supervised pretraining: simclr, context-encoder, inpaint",
+    "pretrain": "self-supervised and generative pretraining: simclr, context-encoder, inpaint, vqgan, diffusion",
     "experiment": "experiments over many runs: label-efficiency",
 }
 

@@ -51,26 +51,42 @@ class VolumeTransform:
         shift: largest shift in voxels (after downsampling), per axis, filled with the background value.
         intensity: ``"zscore"`` (:func:`standardize`, background 0) or ``"range"`` (:func:`scale_to_range`,
             [-1, 1] with background -1, as document 000).
+        multiple: pad each axis with the background value to a multiple of this many voxels, last (1: no padding;
+            the generative models' halvings need e.g. 16, see :func:`pad_to_multiple`).
         seed: seeds the augmentation; re-seeded per DataLoader worker (see the module docstring).
     """
 
     def __init__(
-        self, *, downsample: int = 1, augment: bool = False, shift: int = 2, intensity: str = "zscore", seed: int = 0
+        self,
+        *,
+        downsample: int = 1,
+        augment: bool = False,
+        shift: int = 2,
+        intensity: str = "zscore",
+        multiple: int = 1,
+        seed: int = 0,
     ):
         _check_downsample(downsample)
+        _check_multiple(multiple)
         if not isinstance(shift, int) or shift < 0:
             raise BrainlearnError(f"shift must be an integer >= 0 (voxels), not {shift!r}.")
         if intensity not in INTENSITIES:
             raise BrainlearnError(f"intensity must be 'zscore' or 'range', not {intensity!r}.")
         self.downsample, self.augment, self.shift = downsample, augment, shift
-        self.intensity, self.seed = intensity, seed
+        self.intensity, self.multiple, self.seed = intensity, multiple, seed
         self._stream = WorkerStream(seed)
+
+    @property
+    def background(self) -> float:
+        return -1.0 if self.intensity == "range" else 0.0
 
     def __call__(self, item: dict) -> dict:
         image = scale_to_range(item["image"]) if self.intensity == "range" else standardize(item["image"])
         image = _downsampled(image, self.downsample)
         if self.augment:
             image = self._augmented(image)
+        if self.multiple > 1:
+            image = pad_to_multiple(image, self.multiple, self.background)[0]
         return {**item, "image": image.contiguous()}
 
     def _augmented(self, image: torch.Tensor) -> torch.Tensor:
@@ -79,8 +95,7 @@ class VolumeTransform:
             image = image.flip(1)  # (C, X, Y, Z): X is left-right in a RAS cache
         if self.shift:
             shifts = rng.integers(-self.shift, self.shift + 1, size=3)
-            background = -1.0 if self.intensity == "range" else 0.0
-            image = _shifted(image, tuple(int(s) for s in shifts), fill=background)
+            image = _shifted(image, tuple(int(s) for s in shifts), fill=self.background)
         return image
 
 

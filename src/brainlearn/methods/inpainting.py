@@ -23,11 +23,11 @@ from torch import Tensor, nn
 
 from brainlearn.errors import BrainlearnError
 from brainlearn.methods.context_encoder import mask_seed, masked_l1
+from brainlearn.metrics_generation import MS_SSIM_WEIGHTS
 from brainlearn.models.segmenters import build_segmenter
 
-# Wang et al. (2003)'s MS-SSIM weights, finest scale first. A 64³ patch holds three scales for a 5-voxel window,
-# so the first three are kept and renormalized to sum to 1.
-_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# A 64³ patch holds three scales for a 5-voxel window: ms_ssim keeps the first three of Wang et al. (2003)'s
+# weights (MS_SSIM_WEIGHTS), renormalized to sum to 1.
 
 
 def random_patch_mask(
@@ -78,7 +78,7 @@ def ms_ssim(prediction: Tensor, target: Tensor, *, kernel_size: int = 5, scales:
     """
     from monai.metrics.regression import compute_ms_ssim
 
-    weights = torch.tensor(_MS_SSIM_WEIGHTS[:scales])
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales])
     data_range = max(float(target.max() - target.min()), 1e-6)  # z-scored images have no fixed range
     try:
         value = compute_ms_ssim(

@@ -1,0 +1,161 @@
+"""From cached volumes to latents and back: what ``pretrain vqgan``, ``pretrain diffusion`` and ``sample`` share.
+
+Volumes enter the generative models as document 003 prepares them: every channel scaled to [-1, 1]
+(:func:`~brainlearn.data.loaders.scale_to_range`, background -1), average-pooled by ``downsample`` and padded with
+the background to a multiple of ``multiple`` voxels per axis (the VQ-GAN's compression times the denoiser's in-plane
+halvings must divide it). The VQ-GAN's continuous latents are min-max normalized with its codebook's range to
+[-1, 1] (document 003), the space the diffusion model learns. A VQ-GAN run records the grid its volumes came from
+(``inference.json``: the cache's shape and affine), so that a generated volume is written back on that grid: the
+padding cut away, upsampled to the cache's resolution and mapped to relative intensity [0, 1], like ``synthesize``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brainlearn.errors import BrainlearnError
+
+log = logging.getLogger("brainlearn")
+
+INFERENCE_FILE = "inference.json"
+# what a VQ-GAN run records for the runs and commands that use it
+GRID_KEYS = ("modalities", "downsample", "multiple", "model_options", "compression", "shape", "affine")
+
+
+def volume_transform(settings: dict[str, Any], *, augment: bool = False, seed: int = 0):
+    """The preparation of every volume a generative model sees: [-1, 1], downsampled, padded (left-right flips)."""
+    from brainlearn.data.loaders import VolumeTransform
+
+    return VolumeTransform(
+        downsample=settings["downsample"],
+        augment=augment,
+        shift=0,  # a generative model learns the heads' real positions
+        intensity="range",
+        multiple=settings["multiple"],
+        seed=seed,
+    )
+
+
+def volumes(cache, settings: dict[str, Any], split: str | None, *, classes=None, augment=False, seed=0):
+    """The sessions of ``split`` as prepared volumes (a VolumeDataset; ``image`` (C, X', Y', Z') in [-1, 1])."""
+    from brainlearn.data.datasets import VolumeDataset
+
+    transform = volume_transform(settings, augment=augment, seed=seed)
+    return VolumeDataset(cache, modalities=settings["modalities"], classes=classes, split=split, transform=transform)
+
+
+def grid_of(cache, settings: dict[str, Any]) -> dict[str, Any]:
+    """The cache grid of the training volumes: shape (X, Y, Z) and the (4, 4) affine of the first training session."""
+    rows = volumes(cache, settings, "train").rows
+    modality = settings["modalities"][0]
+    return {"shape": list(cache.shape(rows[0], modality)), "affine": cache.affine(rows[0], modality).tolist()}
+
+
+def padding_slices(settings: dict[str, Any]) -> tuple[slice, slice, slice]:
+    """The slices that cut the downsampled volume out of its padded grid."""
+    from brainlearn.data.loaders import pad_to_multiple
+
+    factor = settings["downsample"]
+    shape = [-(-n // factor) for n in settings["shape"]]  # avg_pool with ceil_mode
+    return pad_to_multiple(torch.zeros(1, *shape), settings["multiple"])[1]
+
+
+def read_vqgan_run(source) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The kept checkpoint, inference.json settings and config of a finished ``pretrain vqgan`` run."""
+    return _read_generative_run(source, ("pretrain vqgan",))
+
+
+def read_diffusion_run(source) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The same for a ``pretrain diffusion`` run (its inference.json includes its VQ-GAN's settings)."""
+    return _read_generative_run(source, ("pretrain diffusion",))
+
+
+def _read_generative_run(source, commands: tuple[str, ...]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    import json
+
+    from brainlearn.commands_train import read_finished_run
+
+    run_dir, saved, selection = read_finished_run(source, commands, required=())
+    path = run_dir / INFERENCE_FILE
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BrainlearnError(f"{path}: cannot be read ({error}); the run did not finish. Rerun it.") from error
+    missing = [key for key in GRID_KEYS if key not in settings]
+    if missing:
+        raise BrainlearnError(f"{path}: lacks {', '.join(missing)}; rerun the training into a new folder.")
+    given = Path(source)
+    checkpoint = given if given.is_file() else run_dir / "checkpoints" / selection["checkpoint"]
+    return checkpoint, settings, saved
+
+
+def build_vqgan(channels: int, options: dict[str, Any]):
+    """A VQGAN3D from ``model_options`` (channels, downsample, embedding_dim, n_codes, decay, commitment, ...)."""
+    from brainlearn.models.vqgan import VQGAN3D
+
+    return VQGAN3D(channels, **options)
+
+
+def load_vqgan(source) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained VQ-GAN of a ``pretrain vqgan`` run (eval mode, frozen) and the run's inference settings."""
+    from brainlearn.checkpoints import load_module_weights
+
+    checkpoint, settings, _ = read_vqgan_run(source)
+    vqgan = build_vqgan(len(settings["modalities"]), settings["model_options"])
+    load_module_weights(vqgan, checkpoint, "vqgan", hint="Use the pretrain vqgan run this run was trained with.")
+    return vqgan.eval().requires_grad_(False), settings
+
+
+@torch.no_grad()
+def encode_latents(vqgan, dataset, *, flips: bool = False, batch_size: int = 4) -> list[dict[str, Any]]:
+    """Normalized latents of every volume of ``dataset`` (and of its left-right mirror image with ``flips``).
+
+    Returns:
+        One dict per latent: ``latent`` (E, x, y, z) float32 in [-1, 1], ``label`` (int, -1 unknown), ``age``
+        (float, NaN unknown) — the batch contract of the latent diffusion module.
+    """
+    from torch.utils.data import DataLoader
+
+    device = next(vqgan.parameters()).device
+    out = []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        images = batch["image"].to(device)
+        views = (images, images.flip(2)) if flips else (images,)  # (B, C, X, Y, Z): X is left-right
+        for view in views:
+            latents = vqgan.normalize_latent(vqgan.encode(view)).float().cpu()
+            for latent, label, age in zip(latents, batch["label"], batch["age"], strict=True):
+                out.append({"latent": latent, "label": int(label), "age": float(age)})
+    return out
+
+
+@torch.no_grad()
+def decode_latents(vqgan, latents: torch.Tensor, *, batch_size: int = 4) -> torch.Tensor:
+    """Volumes (B, C, X', Y', Z') in [-1, 1] on the padded grid from normalized latents (B, E, x, y, z)."""
+    device = next(vqgan.parameters()).device
+    parts = [vqgan.decode_latent(chunk.to(device)).float().cpu() for chunk in latents.split(batch_size)]
+    return torch.cat(parts).clamp(-1, 1)
+
+
+def on_cache_grid(volume: torch.Tensor, settings: dict[str, Any]) -> np.ndarray:
+    """A generated (C, X', Y', Z') volume in [-1, 1] → (C, X, Y, Z) in [0, 1] on the training cache's grid."""
+    from brainlearn.commands_synthesize import restore_grid
+
+    shape = tuple(settings["shape"])
+    return restore_grid(volume, padding_slices(settings), settings["downsample"], shape)
+
+
+def check_volume_size(vqgan_settings: dict[str, Any], denoiser_levels: int) -> None:
+    """Refuse a padding multiple the VQ-GAN's compression and the denoiser's in-plane halvings do not divide."""
+    compression, multiple = vqgan_settings["compression"], vqgan_settings["multiple"]
+    need = compression * 2 ** (denoiser_levels - 1)
+    if multiple % need:
+        raise BrainlearnError(
+            f"the VQ-GAN run pads volumes to a multiple of {multiple} voxels, but its compression ×{compression} and "
+            f"the denoiser's {denoiser_levels - 1} in-plane halvings need a multiple of {need}. Use fewer "
+            f"denoiser multipliers or retrain the VQ-GAN with multiple={need}."
+        )

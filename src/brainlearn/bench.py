@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from brainlearn.atomic import write_json, write_text
+from brainlearn.bench_generation import bench_diffusion, bench_sampling, bench_vqgan, method_defaults
 from brainlearn.errors import BrainlearnError
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def bench_sharegan(config: dict[str, Any], run) -> dict[str, Any]:
 
     rows = []
     for name, batched in (("six separate generator calls (reference)", False), ("two batched calls", True)):
-        seconds, peak = _timed(lambda b=batched: step(b), config["repeats"], device)
+        seconds, peak = time_step(lambda b=batched: step(b), config["repeats"], device)
         rows.append((name, seconds, peak))
     ratio = rows[0][1] / rows[1][1]
     where = f"{device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()})"
@@ -250,7 +251,7 @@ def _six_calls(generator, mri, pet) -> dict:
     }
 
 
-def _timed(step: Callable[[], None], repeats: int, device) -> tuple[float, float]:
+def time_step(step: Callable[[], None], repeats: int, device) -> tuple[float, float]:
     """Median seconds of ``step`` over ``repeats`` calls after one warm-up, and peak CUDA memory in GiB (0 on CPU)."""
     import torch
 
@@ -275,13 +276,20 @@ METHODS: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {
     "cache-read": bench_cache_read,
     "cohort": bench_cohort,
     "sharegan": bench_sharegan,
+    "vqgan": bench_vqgan,
+    "diffusion": bench_diffusion,
+    "sampling": bench_sampling,
 }
+# What an unset (None or absent) --size, --batch or width means; the generative methods' depend on the device.
+FIXED_DEFAULTS = {"cache-read": {"size": 96}, "sharegan": {"size": 96, "batch": 1, "width": 32}}
 
 
 def run_benchmarks(config: dict[str, Any], run) -> dict[str, Any]:
     method = config["method"]
     if method not in METHODS:
         raise BrainlearnError(f"bench: unknown method {method!r}; known methods: {', '.join(sorted(METHODS))}.")
+    defaults = FIXED_DEFAULTS.get(method) or method_defaults(method)
+    config = config | {key: value for key, value in defaults.items() if config.get(key) is None}
     metrics = METHODS[method](config, run)
     write_json(run.root / "bench.json", {"method": method, "config": config, "results": metrics})
     log.info("look at: %s", run.root / "bench.md")

@@ -391,23 +391,29 @@ COMMANDS = (
         help="time a method (training step, inference or data path) and compare it with its plain reference",
         defaults={
             "method": "cache-read",
-            "size": 96,
+            # size, batch, width, steps: unset (null) takes the method's default, the reference size on a GPU
+            "size": None,  # volume edge in voxels
             "n": 8,
             "repeats": 3,
             "dtype": "float16",
             "spacing": 2.0,
-            "batch": 1,  # sharegan: volumes per step
-            "width": 32,  # sharegan: the generator's first width (32 = document 000)
-            "precision": "fp32",  # sharegan: fp32 or bf16 (autocast)
+            "batch": None,  # volumes per step
+            "width": None,  # the network's first width (sharegan 32 = document 000; vqgan 16, denoiser 64 = 003)
+            "steps": None,  # sampling: denoiser calls per volume (250 = document 003)
+            "precision": "fp32",  # fp32 or bf16 (autocast), timed against the plain fp32 step in the same run
             "out": "runs/bench",
         },
         path_keys=("out",),
         run=run_bench,
         options=(
-            ("--method", "method", {"help": "what to time: cache-read, cohort, preprocess, sharegan"}),
-            ("--batch", "batch", {"type": int, "help": "sharegan: volumes per step (1)"}),
-            ("--precision", "precision", {"choices": ("fp32", "bf16"), "help": "sharegan: fp32 or bf16 autocast"}),
-            ("--size", "size", {"type": int, "help": "volume edge in voxels (96)"}),
+            (
+                "--method",
+                "method",
+                {"help": "what to time: cache-read, cohort, preprocess, sharegan, vqgan, diffusion, sampling"},
+            ),
+            ("--batch", "batch", {"type": int, "help": "volumes per step (the method's default)"}),
+            ("--precision", "precision", {"choices": ("fp32", "bf16"), "help": "fp32 or bf16 autocast"}),
+            ("--size", "size", {"type": int, "help": "volume edge in voxels (the method's default)"}),
             ("--n", "n", {"type": int, "help": "number of volumes (8)"}),
         ),
     ),

@@ -75,6 +75,7 @@ def run_pretrain_vqgan(config: dict[str, Any], run) -> dict[str, Any]:
 
 def run_pretrain_diffusion(config: dict[str, Any], run) -> dict[str, Any]:
     """Encode the volumes with a trained VQ-GAN, train the latent denoiser, sample and score the kept checkpoint."""
+    import torch
     from torch.utils.data import DataLoader
 
     from brainlearn.commands_train import open_cache
@@ -83,6 +84,7 @@ def run_pretrain_diffusion(config: dict[str, Any], run) -> dict[str, Any]:
     from brainlearn.trainer import fit
 
     vqgan, settings = load_vqgan(config["vqgan"])
+    vqgan.to("cuda" if torch.cuda.is_available() else "cpu")  # encodes every volume once, decodes the samples
     cache = open_cache(config, run.root, settings["modalities"])
     classes = _classes(config)
     train = encode_latents(vqgan, volumes(cache, settings, "train", classes=classes), flips=config["flips"])

@@ -10,7 +10,9 @@
    the same 10 % and 100 % of the labelled participants: the label-efficiency plot;
 7. document 000: a small ShareGAN (on whole unpaired T1 and PET volumes), then joint training with step 4's
    AwareNet; diagnosis from MRI, from synthesized PET and from both next to the MRI-only AwareNet, and synthesized
-   PET for every held-out participant (the external site has no PET of its own in practice).
+   PET for every held-out participant (the external site has no PET of its own in practice);
+8. document 003: a small VQ-GAN and a latent diffusion model conditioned on diagnosis and age, scored in step 4's
+   brain-age network's feature space, and a few AD volumes sampled from it.
 The later stages (explanations, report) extend this demo as they land.
 """
 
@@ -36,7 +38,7 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     )
     montage = save_cohort_montage(cohort_dir, report.table, run.figures / "cohort_montage.png")
     effects = measured_effects(read_truths(cohort_dir, report.table))
-    log.info("step 1/7: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
+    log.info("step 1/8: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
     for diagnosis in ("CN", "MCI", "AD"):
         if f"cohort/{diagnosis}/n" in effects:
             log.info(
@@ -49,12 +51,12 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
 
     table = read_bids(cohort_dir)
     table_path = write_table(table, run.root / "participants.tsv")
-    log.info("step 2/7: participants table (splits by participant): %s", table_path)
+    log.info("step 2/8: participants table (splits by participant): %s", table_path)
 
     cached = build_cache(table, run.root / "cache", modalities=("t1", "pet"), dtype="float16", progress=True)
     speed = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=2)
     log.info(
-        "step 3/7: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
+        "step 3/8: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
         cached.n_volumes,
         speed["ratio"],
     )
@@ -76,6 +78,12 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
         "         %s (real MRI, synthesized PET, real PET), %s (PET synthesized for the held-out participants)",
         run.root / "joint" / "evaluation" / "test" / "synthesis.png",
         run.root / "synthesized",
+    )
+    log.info(
+        "         %s (VQ-GAN reconstructions), %s (samples next to real scans), %s (AD volumes sampled at 75 years)",
+        run.root / "vqgan" / "evaluation" / "test" / "reconstruction.png",
+        run.root / "diffusion" / "evaluation" / "test" / "samples.png",
+        run.root / "samples" / "figures" / "samples.png",
     )
     return {
         **effects,
@@ -121,11 +129,12 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
         try:
             result = _sub_run(f"train {name}", flags, overrides)
         except BrainlearnError as error:  # e.g. a cohort too small to hold both classes in every split
-            log.warning("step 4/7: %s not trained: %s (generate more subjects)", name, error)
+            log.warning("step 4/8: %s not trained: %s (generate more subjects)", name, error)
             continue
         metrics |= {f"demo/{name}/{key}": value for key, value in result.items() if key.startswith("test/")}
-        log.info("step 4/7: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
-    return metrics | _segment_lesions(run, config) | _label_efficiency(run, config) | _synthesis(run, config)
+        log.info("step 4/8: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
+    later = _segment_lesions(run, config) | _label_efficiency(run, config) | _synthesis(run, config)
+    return metrics | later | _generation(run, config)
 
 
 def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
@@ -155,9 +164,9 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
     try:
         result = _sub_run("train segment", flags, overrides)
     except BrainlearnError as error:
-        log.warning("step 5/7: lesions not segmented: %s (generate more subjects)", error)
+        log.warning("step 5/8: lesions not segmented: %s (generate more subjects)", error)
         return {}
-    log.info("step 5/7: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
+    log.info("step 5/8: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
     return {f"demo/segment/{key}": value for key, value in result.items() if key.startswith("test/")}
 
 
@@ -189,10 +198,10 @@ def _label_efficiency(run, config: dict[str, Any]) -> dict[str, Any]:
         try:
             result |= _sub_run(name, flags, [*common, *overrides])
         except BrainlearnError as error:
-            log.warning("step 6/7: %s not run: %s (generate more subjects)", name, error)
+            log.warning("step 6/8: %s not run: %s (generate more subjects)", name, error)
             return {}
     log.info(
-        "step 6/7: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
+        "step 6/8: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
     )
     return {f"demo/{key}": value for key, value in result.items() if key.startswith("label_efficiency/")}
 
@@ -203,7 +212,7 @@ def _synthesis(run, config: dict[str, Any]) -> dict[str, Any]:
     from brainlearn.errors import BrainlearnError
 
     if not (run.root / "classify" / "selection.json").exists():
-        log.warning("step 7/7: skipped: step 4 trained no classifier to join")
+        log.warning("step 7/8: skipped: step 4 trained no classifier to join")
         return {}
     quiet = ["trainer.progress_bar=false", "trainer.patience=null", f"evaluate.n_bootstrap={config['n_bootstrap']}"]
     # 4 mm volumes are small enough to train on whole (stage 2 settings): crops of them (stage 1) would teach the
@@ -222,11 +231,46 @@ def _synthesis(run, config: dict[str, Any]) -> dict[str, Any]:
         flags = {"checkpoint": str(root / "joint"), "table": str(held_out), "out": str(root / "synthesized")}
         synthesized = _sub_run("synthesize", flags, [])
     except BrainlearnError as error:
-        log.warning("step 7/7: not run: %s (generate more subjects)", error)
+        log.warning("step 7/8: not run: %s (generate more subjects)", error)
         return {}
-    log.info("step 7/7: ShareGAN and joint model trained, PET synthesized: %s", root / "joint" / "evaluation" / "test")
+    log.info("step 7/8: ShareGAN and joint model trained, PET synthesized: %s", root / "joint" / "evaluation" / "test")
     metrics = {f"demo/joint/{key}": value for key, value in result.items() if key.startswith("test/")}
     return metrics | {"demo/synthesized": synthesized.get("synthesize/n", 0)}
+
+
+def _generation(run, config: dict[str, Any]) -> dict[str, Any]:
+    """Step 8: VQ-GAN → latent diffusion (diagnosis + age) on the cached T1s, scored, then AD volumes sampled."""
+    from brainlearn.errors import BrainlearnError
+
+    quiet = ["trainer.progress_bar=false", "trainer.patience=null"]
+    vqgan = ["downsample=2", "model_options={channels: 8, downsample: 4, embedding_dim: 4, n_codes: 128}"]
+    vqgan += [
+        "discriminator={channels: 8, layers: 2}",
+        f"trainer.max_epochs={max(1, config['epochs'] // 2)}",
+        f"evaluate.n_bootstrap={config['n_bootstrap']}",
+    ]
+    diffusion = ["model_options={channels: 16, multipliers: [1, 2, 4], heads: 2, head_channels: 8}", "timesteps=100"]
+    diffusion += [
+        "optimizer.lr=1.0e-3",
+        "batch_size=8",
+        f"trainer.max_epochs={config['epochs']}",
+        "evaluate.samples=8",
+        "evaluate.steps=20",
+    ]
+    if (run.root / "brain-age" / "selection.json").exists():
+        diffusion.append(f"evaluate.features={run.root / 'brain-age'}")
+    cache, root = str(run.root / "cache"), run.root
+    try:
+        _sub_run("pretrain vqgan", {"cache": cache, "out": str(root / "vqgan")}, [*vqgan, *quiet])
+        flags = {"cache": cache, "vqgan": str(root / "vqgan"), "out": str(root / "diffusion")}
+        scores = _sub_run("pretrain diffusion", flags, [*diffusion, *quiet])
+        flags = {"checkpoint": str(root / "diffusion"), "out": str(root / "samples")}
+        _sub_run("sample", flags, ["n=4", "steps=20", "diagnosis=AD", "age=75"])
+    except BrainlearnError as error:
+        log.warning("step 8/8: not run: %s (generate more subjects)", error)
+        return {}
+    log.info("step 8/8: VQ-GAN and latent diffusion trained, AD volumes sampled: %s", root / "samples")
+    return {f"demo/generation/{key}": value for key, value in scores.items()}
 
 
 def _sub_run(name: str, flags: dict[str, str], overrides: list[str]) -> dict[str, Any]:
@@ -283,6 +327,15 @@ def _log_results(trained: dict[str, Any]) -> None:
             ssim[0],
             psnr[0],
             reference[0],
+        )
+    if "demo/generation/test/samples/diversity_ms_ssim" in trained:
+        log.info(
+            "result: sampled T1 volumes (test): MS-SSIM between samples %.2f (real scans %.2f), Fréchet distance in "
+            "the brain-age network's features %.3g (real training vs test scans %.3g)",
+            trained["demo/generation/test/samples/diversity_ms_ssim"],
+            trained["demo/generation/test/samples/real_diversity_ms_ssim"],
+            trained.get("demo/generation/test/samples/features_frechet_distance", float("nan")),
+            trained.get("demo/generation/test/samples/real_train_frechet_distance", float("nan")),
         )
     log.info(
         "         (a demo-sized cohort: the intervals show how little a test split of a few participants "

@@ -46,7 +46,14 @@ def volumes(cache, settings: dict[str, Any], split: str | None, *, classes=None,
     from brainlearn.data.datasets import VolumeDataset
 
     transform = volume_transform(settings, augment=augment, seed=seed)
-    return VolumeDataset(cache, modalities=settings["modalities"], classes=classes, split=split, transform=transform)
+    dataset = VolumeDataset(cache, modalities=settings["modalities"], classes=classes, split=split, transform=transform)
+    shapes = {cache.shape(row, settings["modalities"][0]) for row in dataset.rows}
+    if len(shapes) > 1:
+        raise BrainlearnError(
+            f"{cache.path}: the {split} sessions come in {len(shapes)} shapes ({sorted(shapes)[:3]} ...); a generative "
+            "model learns one grid. Bring the scans onto one grid first (brainlearn preprocess registers them to MNI)."
+        )
+    return dataset
 
 
 def grid_of(cache, settings: dict[str, Any]) -> dict[str, Any]:

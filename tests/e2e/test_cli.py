@@ -165,6 +165,8 @@ def test_demo_runs_on_a_tiny_cohort(tmp_path):
     assert "demo/joint/test/both/roc_auc" in metrics and "demo/joint/test/ssim" in metrics
     synthesized = pd.read_csv(tmp_path / "demo" / "synthesized" / "synthesized.tsv", sep="\t")
     assert (synthesized["status"] == "synthesized").sum() == metrics["demo/synthesized"] > 0
+    assert len(list((tmp_path / "demo" / "samples").glob("*_t1.nii.gz"))) == 4  # step 8: AD volumes sampled
+    assert "demo/generation/test/samples/diversity_ms_ssim" in metrics
     assert (
         run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1", "n_bootstrap=100") == 0
     )  # resumes

@@ -79,7 +79,7 @@ def run_pretrain_diffusion(config: dict[str, Any], run) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from brainlearn.commands_train import open_cache
-    from brainlearn.generation import encode_latents, load_vqgan, volumes
+    from brainlearn.generation import encode_latents, latent_scale, load_vqgan, to_model_space, volumes
     from brainlearn.generation_evaluation import evaluate_samples
     from brainlearn.trainer import fit
 
@@ -89,6 +89,9 @@ def run_pretrain_diffusion(config: dict[str, Any], run) -> dict[str, Any]:
     classes = _classes(config)
     train = encode_latents(vqgan, volumes(cache, settings, "train", classes=classes), flips=config["flips"])
     val = encode_latents(vqgan, volumes(cache, settings, "val", classes=classes))
+    scale = latent_scale(config["latent_scale"], train)
+    for item in (*train, *val):
+        item["latent"] = to_model_space(vqgan, item["latent"][None], scale)[0]
     module = build_diffusion_module(config, classes, embedding_dim=train[0]["latent"].shape[0], settings=settings)
     log.info("latent diffusion on %d training latents %s, validating on %d", len(train), _shape(train), len(val))
     common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
@@ -106,6 +109,7 @@ def run_pretrain_diffusion(config: dict[str, Any], run) -> dict[str, Any]:
         "denoiser_options": config["model_options"],
         "timesteps": config["timesteps"],
         "latent_shape": list(train[0]["latent"].shape),
+        "latent_scale": scale,
     }
     best = _finish_run(run.root, settings | diffusion)
     metrics = evaluate_samples(module, best, vqgan, cache, settings | diffusion, config, run.root)
@@ -235,6 +239,8 @@ GENERATION_COMMANDS = (
             "conditions": ["diagnosis", "age"],  # [] for document 003's unconditional model
             "classes": ["CN", "MCI", "AD"],
             "flips": True,  # train also on the latents of mirrored volumes
+            # codebook: document 003's min-max scaling by the codebook's range; standardize: per-channel z-score
+            "latent_scale": "codebook",
             "model_options": {
                 "channels": 64,
                 "multipliers": [1, 2, 4, 8],

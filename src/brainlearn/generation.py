@@ -4,9 +4,10 @@ Volumes enter the generative models as document 003 prepares them: every channel
 (:func:`~brainlearn.data.loaders.scale_to_range`, background -1), average-pooled by ``downsample`` and padded with
 the background to a multiple of ``multiple`` voxels per axis (the VQ-GAN's compression times the denoiser's in-plane
 halvings must divide it). The VQ-GAN's continuous latents are min-max normalized with its codebook's range to
-[-1, 1] (document 003), the space the diffusion model learns. A VQ-GAN run records the grid its volumes came from
-(``inference.json``: the cache's shape and affine), so that a generated volume is written back on that grid: the
-padding cut away, upsampled to the cache's resolution and mapped to relative intensity [0, 1], like ``synthesize``.
+[-1, 1] (document 003) or standardized per channel (:func:`latent_scale`): the space the diffusion model learns. A
+VQ-GAN run records the grid its volumes came from (``inference.json``: the cache's shape and affine), so that a
+generated volume is written back on that grid: the padding cut away, upsampled to the cache's resolution and mapped
+to relative intensity [0, 1], like ``synthesize``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from brainlearn.errors import BrainlearnError
 log = logging.getLogger("brainlearn")
 
 INFERENCE_FILE = "inference.json"
+LATENT_SCALES = ("codebook", "standardize")
 # what a VQ-GAN run records for the runs and commands that use it
 GRID_KEYS = ("modalities", "downsample", "multiple", "model_options", "compression", "shape", "affine")
 
@@ -120,11 +122,11 @@ def load_vqgan(source) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 @torch.no_grad()
 def encode_latents(vqgan, dataset, *, flips: bool = False, batch_size: int = 4) -> list[dict[str, Any]]:
-    """Normalized latents of every volume of ``dataset`` (and of its left-right mirror image with ``flips``).
+    """The VQ-GAN's continuous latents of every volume of ``dataset`` (and of its mirror image with ``flips``).
 
     Returns:
-        One dict per latent: ``latent`` (E, x, y, z) float32 in [-1, 1], ``label`` (int, -1 unknown), ``age``
-        (float, NaN unknown) — the batch contract of the latent diffusion module.
+        One dict per latent: ``latent`` (E, x, y, z) float32, not yet scaled (see :func:`latent_scale`), ``label``
+        (int, -1 unknown), ``age`` (float, NaN unknown) — the batch contract of the latent diffusion module.
     """
     from torch.utils.data import DataLoader
 
@@ -134,17 +136,60 @@ def encode_latents(vqgan, dataset, *, flips: bool = False, batch_size: int = 4) 
         images = batch["image"].to(device)
         views = (images, images.flip(2)) if flips else (images,)  # (B, C, X, Y, Z): X is left-right
         for view in views:
-            latents = vqgan.normalize_latent(vqgan.encode(view)).float().cpu()
-            for latent, label, age in zip(latents, batch["label"], batch["age"], strict=True):
+            for latent, label, age in zip(vqgan.encode(view).float().cpu(), batch["label"], batch["age"], strict=True):
                 out.append({"latent": latent, "label": int(label), "age": float(age)})
     return out
 
 
+def latent_scale(kind: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """How latents map into the diffusion model's space, fitted on the training latents ``items``.
+
+    ``"codebook"`` (document 003): min-max normalization with the codebook's range, so every code lies in [-1, 1]
+    (the latents of real scans may fill only a small part of it). ``"standardize"``: per channel, zero mean and unit
+    SD over the training latents, the scaling of Rombach et al. (2022), which gives the denoiser signals of the same
+    size as its noise; its samples are not clipped to [-1, 1].
+    """
+    if kind not in LATENT_SCALES:
+        raise BrainlearnError(f"latent_scale must be one of {', '.join(LATENT_SCALES)}, not {kind!r}.")
+    if kind == "codebook":
+        return {"kind": kind}
+    latents = torch.stack([item["latent"] for item in items])  # (N, E, x, y, z)
+    mean, std = latents.mean(dim=(0, 2, 3, 4)), latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
+    return {"kind": kind, "mean": mean.tolist(), "std": std.tolist()}
+
+
+def to_model_space(vqgan, latent: torch.Tensor, scale: dict[str, Any]) -> torch.Tensor:
+    """Continuous latents (B, E, x, y, z) → the diffusion model's space (:func:`latent_scale`)."""
+    if scale["kind"] == "codebook":
+        return vqgan.normalize_latent(latent)
+    mean, std = _channel_vectors(scale, latent)
+    return (latent - mean) / std
+
+
+def from_model_space(vqgan, latent: torch.Tensor, scale: dict[str, Any]) -> torch.Tensor:
+    """The inverse of :func:`to_model_space`."""
+    if scale["kind"] == "codebook":
+        return vqgan.denormalize_latent(latent)
+    mean, std = _channel_vectors(scale, latent)
+    return latent * std + mean
+
+
+def _channel_vectors(scale: dict[str, Any], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (1, -1, 1, 1, 1)
+    return tuple(like.new_tensor(scale[key]).view(shape) for key in ("mean", "std"))
+
+
 @torch.no_grad()
-def decode_latents(vqgan, latents: torch.Tensor, *, batch_size: int = 4) -> torch.Tensor:
-    """Volumes (B, C, X', Y', Z') in [-1, 1] on the padded grid from normalized latents (B, E, x, y, z)."""
+def decode_latents(vqgan, latents: torch.Tensor, scale: dict[str, Any], *, batch_size: int = 4) -> torch.Tensor:
+    """Volumes (B, C, X', Y', Z') in [-1, 1] on the padded grid from latents (B, E, x, y, z) in the model's space.
+
+    Each latent vector is replaced by its nearest codebook entry, then decoded.
+    """
     device = next(vqgan.parameters()).device
-    parts = [vqgan.decode_latent(chunk.to(device)).float().cpu() for chunk in latents.split(batch_size)]
+    parts = []
+    for chunk in latents.split(batch_size):
+        normalized = vqgan.normalize_latent(from_model_space(vqgan, chunk.to(device), scale))
+        parts.append(vqgan.decode_latent(normalized).float().cpu())
     return torch.cat(parts).clamp(-1, 1)
 
 

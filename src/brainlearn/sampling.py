@@ -63,11 +63,12 @@ class Sampler:
         """``n`` decoded volumes (n, C, X', Y', Z') in [-1, 1] on the padded grid."""
         from brainlearn.generation import decode_latents
 
-        shape = tuple(self.settings["latent_shape"])
+        shape, scale = tuple(self.settings["latent_shape"]), self.settings["latent_scale"]
+        clip = scale["kind"] == "codebook"  # every code lies in [-1, 1]; standardized latents have no fixed range
         latents = self.module.sample(
-            n, shape, steps=steps, eta=eta, generator=generator, label=label, age=age, guidance=guidance
+            n, shape, steps=steps, eta=eta, generator=generator, label=label, age=age, guidance=guidance, clip=clip
         )
-        return decode_latents(self.vqgan, latents)
+        return decode_latents(self.vqgan, latents, scale)
 
 
 def load_sampler(source) -> Sampler:

@@ -27,6 +27,7 @@ VQGAN = [
 DIFFUSION = [
     "model_options={channels: 8, multipliers: [1, 2, 4], heads: 2, head_channels: 4}",
     "timesteps=20",
+    "latent_scale=standardize",  # unclipped sampling (the demo test runs the default, codebook scaling)
     "batch_size=4",
     "evaluate.samples=4",
     "evaluate.steps=3",

@@ -12,9 +12,12 @@ from brainlearn.generation import (
     check_volume_size,
     decode_latents,
     encode_latents,
+    from_model_space,
     grid_of,
+    latent_scale,
     on_cache_grid,
     padding_slices,
+    to_model_space,
     volumes,
 )
 from brainlearn.models.vqgan import VQGAN3D
@@ -64,18 +67,48 @@ def test_a_prepared_volume_comes_back_on_the_cache_grid(cache):
     assert back[0][real == 0].mean() < 0.2 and back[0][real > 0].mean() > 0.3  # tissue where the tissue was
 
 
-def test_latents_are_normalized_and_decode_to_the_padded_grid(cache):
+@pytest.fixture(scope="module")
+def vqgan():
     torch.manual_seed(0)
-    vqgan = VQGAN3D(1, channels=4, downsample=4, embedding_dim=3, n_codes=16).eval()
+    return VQGAN3D(1, channels=4, downsample=4, embedding_dim=3, n_codes=16).eval()
+
+
+def test_latents_come_with_labels_and_ages_and_mirror_images(cache, vqgan):
     latents = encode_latents(vqgan, volumes(cache, SETTINGS, "train", classes=("CN", "AD")), flips=True)
     assert len(latents) == 8  # 4 volumes and their mirror images
     assert latents[0]["latent"].shape == (3, 4, 6, 4) and {item["label"] for item in latents} == {0, 1}
     assert latents[1]["age"] == 61.0
-    stacked = torch.stack([item["latent"] for item in latents])
-    codes = vqgan.normalize_latent(vqgan.codebook.embeddings.T[None, :, :, None, None])
-    assert codes.min() >= -1 - 1e-5 and codes.max() <= 1 + 1e-5  # the codebook spans [-1, 1]
-    decoded = decode_latents(vqgan, stacked)
-    assert decoded.shape == (8, 1, 16, 24, 16) and decoded.abs().max() <= 1
+
+
+def test_codebook_scaling_puts_every_code_in_range(cache, vqgan):
+    scale = latent_scale("codebook", [])
+    codes = vqgan.codebook.embeddings.T[None, :, :, None, None]  # (1, E, K, 1, 1)
+    scaled = to_model_space(vqgan, codes, scale)
+    assert scaled.min() >= -1 - 1e-5 and scaled.max() <= 1 + 1e-5
+    assert torch.allclose(from_model_space(vqgan, scaled, scale), codes, atol=1e-5)
+
+
+def test_standardized_latents_have_unit_variance_and_come_back(cache, vqgan):
+    latents = encode_latents(vqgan, volumes(cache, SETTINGS, "train"))
+    scale = latent_scale("standardize", latents)
+    raw = torch.stack([item["latent"] for item in latents])
+    scaled = to_model_space(vqgan, raw, scale)
+    assert torch.allclose(scaled.mean(dim=(0, 2, 3, 4)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(scaled.std(dim=(0, 2, 3, 4)), torch.ones(3), atol=1e-4)
+    assert torch.allclose(from_model_space(vqgan, scaled, scale), raw, atol=1e-5)
+    with pytest.raises(BrainlearnError, match="latent_scale must be one of codebook, standardize, not 'minmax'"):
+        latent_scale("minmax", latents)
+
+
+def test_decoding_equals_the_vqgan_reconstruction(cache, vqgan):
+    image = volumes(cache, SETTINGS, "train")[0]["image"][None]
+    latents = encode_latents(vqgan, [{"image": image[0], "label": -1, "age": float("nan")}])
+    for kind in ("codebook", "standardize"):
+        scale = latent_scale(kind, latents * 2)
+        decoded = decode_latents(vqgan, to_model_space(vqgan, latents[0]["latent"][None], scale), scale)
+        with torch.no_grad():
+            expected = vqgan(image)["reconstruction"].clamp(-1, 1)
+        assert decoded.shape == (1, 1, 16, 24, 16) and torch.allclose(decoded, expected, atol=1e-4)
 
 
 def test_sessions_on_different_grids_are_refused(tmp_path):

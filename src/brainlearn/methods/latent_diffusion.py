@@ -108,13 +108,21 @@ class LatentDiffusionModule(lightning.LightningModule):
         label: Tensor | int | None = None,
         age: Tensor | float | None = None,
         guidance: float = 1.0,
+        clip: bool = True,
     ) -> Tensor:
         """``n`` latents (n, *latent_shape) from the EMA network by DDIM; see :meth:`GaussianDiffusion.sample`."""
         training = self.ema.training
         self.ema.eval()
         try:
             return self.ema.sample(
-                (n, *latent_shape), steps=steps, eta=eta, generator=generator, label=label, age=age, guidance=guidance
+                (n, *latent_shape),
+                steps=steps,
+                eta=eta,
+                generator=generator,
+                label=label,
+                age=age,
+                guidance=guidance,
+                clip=clip,
             )
         finally:
             self.ema.train(training)

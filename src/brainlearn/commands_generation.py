@@ -152,8 +152,7 @@ def run_sample(config: dict[str, Any], run) -> dict[str, Any]:
 
 def _classes(config: dict[str, Any]) -> tuple[str, ...] | None:
     conditions, classes = config["conditions"], config["classes"]
-    unknown = set(conditions) - {"diagnosis", "age"}
-    if not isinstance(conditions, list | tuple) or unknown:
+    if not isinstance(conditions, list | tuple) or not set(conditions) <= {"diagnosis", "age"}:
         raise BrainlearnError(f"conditions must be a list of 'diagnosis' and/or 'age' (or []), not {conditions!r}.")
     if "diagnosis" not in conditions:
         return None

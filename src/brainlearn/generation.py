@@ -147,7 +147,8 @@ def latent_scale(kind: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     ``"codebook"`` (document 003): min-max normalization with the codebook's range, so every code lies in [-1, 1]
     (the latents of real scans may fill only a small part of it). ``"standardize"``: per channel, zero mean and unit
     SD over the training latents, the scaling of Rombach et al. (2022), which gives the denoiser signals of the same
-    size as its noise; its samples are not clipped to [-1, 1].
+    size as its noise; ``bound``, the largest absolute standardized value, is where sampling clips its predicted
+    clean latents (1 for the codebook scaling).
     """
     if kind not in LATENT_SCALES:
         raise BrainlearnError(f"latent_scale must be one of {', '.join(LATENT_SCALES)}, not {kind!r}.")
@@ -155,7 +156,8 @@ def latent_scale(kind: str, items: list[dict[str, Any]]) -> dict[str, Any]:
         return {"kind": kind}
     latents = torch.stack([item["latent"] for item in items])  # (N, E, x, y, z)
     mean, std = latents.mean(dim=(0, 2, 3, 4)), latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)
-    return {"kind": kind, "mean": mean.tolist(), "std": std.tolist()}
+    bound = ((latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).abs().max()
+    return {"kind": kind, "mean": mean.tolist(), "std": std.tolist(), "bound": float(bound)}
 
 
 def to_model_space(vqgan, latent: torch.Tensor, scale: dict[str, Any]) -> torch.Tensor:

@@ -64,7 +64,7 @@ class Sampler:
         from brainlearn.generation import decode_latents
 
         shape, scale = tuple(self.settings["latent_shape"]), self.settings["latent_scale"]
-        clip = scale["kind"] == "codebook"  # every code lies in [-1, 1]; standardized latents have no fixed range
+        clip = scale.get("bound", 1.0)  # the latents' range in the model's space: predicted clean latents stay in it
         latents = self.module.sample(
             n, shape, steps=steps, eta=eta, generator=generator, label=label, age=age, guidance=guidance, clip=clip
         )

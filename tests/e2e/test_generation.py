@@ -153,3 +153,14 @@ def test_samples_table_lists_every_modality_column(runs, tmp_path):
     assert run("sample", "--checkpoint", diffusion, "--n", 1, "--steps", 2, "--out", out) == 0
     table = pd.read_csv(out / "participants.tsv", sep="\t")
     assert {"participant_id", "session_id", "t1", "split"} <= set(table.columns)
+
+
+def test_diffusion_refuses_an_unknown_condition(runs, cohort, tmp_path, capsys):
+    args = ["pretrain", "diffusion", "--cache", cohort, "--vqgan", runs[0], "--out", tmp_path / "d", *FAST]
+    assert run(*args, "conditions=[diagnosis, sex]") == 2
+    assert "conditions must be a list of 'diagnosis' and/or 'age' (or [])" in capsys.readouterr().err
+
+
+def test_vqgan_refuses_a_padding_its_compression_does_not_divide(cohort, tmp_path, capsys):
+    assert run("pretrain", "vqgan", "--cache", cohort, "--out", tmp_path / "v", *VQGAN, "multiple=6", *FAST) == 2
+    assert "multiple must be a positive multiple of the VQ-GAN's compression (4), not 6" in capsys.readouterr().err

@@ -154,18 +154,18 @@ class GaussianDiffusion(nn.Module):
         return unconditional + guidance * (conditional - unconditional)
 
     def ddim_mean_std(
-        self, x_t: Tensor, noise: Tensor, t: int, t_next: int, *, eta: float = 0.0, clip: bool = True
+        self, x_t: Tensor, noise: Tensor, t: int, t_next: int, *, eta: float = 0.0, clip: float | None = 1.0
     ) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of x at step ``t_next`` < ``t`` given x_t and the predicted ``noise``.
 
-        DDIM, Song et al. 2021, eqs. 12 and 16: x0 = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t (clipped to [-1, 1] when ``clip``,
-        ε then re-derived from it), σ² = η²·(1 − ᾱ_next)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_next),
+        DDIM, Song et al. 2021, eqs. 12 and 16: x0 = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t (clipped to [−clip, clip] unless
+        ``clip`` is None, ε then re-derived from it), σ² = η²·(1 − ᾱ_next)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_next),
         mean = √ᾱ_next·x0 + √(1 − ᾱ_next − σ²)·ε. ``t_next`` = −1 ends at the clean latent.
         """
         alpha_bar, alpha_bar_next = self.alpha_bar(t), self.alpha_bar(t_next)
         x0 = (x_t - (1 - alpha_bar).sqrt().to(x_t.dtype) * noise) / alpha_bar.sqrt().to(x_t.dtype)
-        if clip:
-            x0 = x0.clamp(-1, 1)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
             noise = (x_t - alpha_bar.sqrt().to(x_t.dtype) * x0) / (1 - alpha_bar).sqrt().to(x_t.dtype)
         variance = eta**2 * (1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next)
         direction = (1 - alpha_bar_next - variance).clamp(min=0).sqrt()
@@ -191,7 +191,7 @@ class GaussianDiffusion(nn.Module):
         label: Tensor | int | None = None,
         age: Tensor | float | None = None,
         guidance: float = 1.0,
-        clip: bool = True,
+        clip: float | None = 1.0,
     ) -> Tensor:
         """Latents of ``shape`` (n, C, ...) drawn by DDIM from noise; every random draw comes from ``generator``.
 
@@ -203,7 +203,9 @@ class GaussianDiffusion(nn.Module):
             label: a class index for all samples or (n,) of them; −1 or None: no label.
             age: an age in years for all samples or (n,) of them; NaN or None: no age.
             guidance: classifier-free guidance weight w (1: the conditional model alone; 0: the unconditional one).
-            clip: clip each predicted x0 to [-1, 1], the range of normalized latents.
+            clip: clip each predicted x0 to [−clip, clip], the range of the latents (1 for codebook-normalized
+                ones); None leaves it. Near T, x0 = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t divides the network's error by
+                √ᾱ_t (about 1.6e-4 at the cosine schedule's last step), so unclipped samples can diverge.
 
         Returns:
             (n, C, X, Y, Z) latents in about [-1, 1].

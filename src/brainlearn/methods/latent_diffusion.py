@@ -108,7 +108,7 @@ class LatentDiffusionModule(lightning.LightningModule):
         label: Tensor | int | None = None,
         age: Tensor | float | None = None,
         guidance: float = 1.0,
-        clip: bool = True,
+        clip: float | None = 1.0,
     ) -> Tensor:
         """``n`` latents (n, *latent_shape) from the EMA network by DDIM; see :meth:`GaussianDiffusion.sample`."""
         training = self.ema.training

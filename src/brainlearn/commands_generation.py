@@ -31,14 +31,12 @@ log = logging.getLogger("brainlearn")
 
 def run_pretrain_vqgan(config: dict[str, Any], run) -> dict[str, Any]:
     """Train the VQ-GAN, keep the checkpoint with the lowest validation L1, score the held-out reconstructions."""
-    from torch.utils.data import DataLoader
 
     from brainlearn.commands_train import open_cache
     from brainlearn.generation import build_vqgan, grid_of, volumes
     from brainlearn.generation_evaluation import evaluate_reconstructions
     from brainlearn.methods.vqgan import VQGANModule
     from brainlearn.models.vqgan import build_discriminators
-    from brainlearn.trainer import fit
 
     cache = open_cache(config, run.root, config["modalities"])
     seed, channels = config["trainer"]["seed"], len(config["modalities"])
@@ -57,15 +55,8 @@ def run_pretrain_vqgan(config: dict[str, Any], run) -> dict[str, Any]:
         betas=tuple(opt["betas"]),
         seed=seed,
     )
-    common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
     log.info("VQ-GAN on %d training volumes, validating on %d", len(train), len(val))
-    fit(
-        module,
-        run.root,
-        config["trainer"],
-        train_dataloaders=DataLoader(train, shuffle=True, drop_last=len(train) > config["batch_size"], **common),
-        val_dataloaders=DataLoader(val, **common),
-    )
+    _fit(module, train, val, config, run)
     settings = {key: config[key] for key in ("modalities", "downsample", "multiple", "model_options")}
     best = _finish_run(run.root, settings | {"compression": vqgan.downsample} | grid_of(cache, config))
     metrics = evaluate_reconstructions(best, cache, config, run.root)
@@ -76,12 +67,10 @@ def run_pretrain_vqgan(config: dict[str, Any], run) -> dict[str, Any]:
 def run_pretrain_diffusion(config: dict[str, Any], run) -> dict[str, Any]:
     """Encode the volumes with a trained VQ-GAN, train the latent denoiser, sample and score the kept checkpoint."""
     import torch
-    from torch.utils.data import DataLoader
 
     from brainlearn.commands_train import open_cache
     from brainlearn.generation import encode_latents, latent_scale, load_vqgan, to_model_space, volumes
     from brainlearn.generation_evaluation import evaluate_samples
-    from brainlearn.trainer import fit
 
     vqgan, settings = load_vqgan(config["vqgan"])
     vqgan.to("cuda" if torch.cuda.is_available() else "cpu")  # encodes every volume once, decodes the samples
@@ -94,14 +83,7 @@ def run_pretrain_diffusion(config: dict[str, Any], run) -> dict[str, Any]:
         item["latent"] = to_model_space(vqgan, item["latent"][None], scale)[0]
     module = build_diffusion_module(config, classes, embedding_dim=train[0]["latent"].shape[0], settings=settings)
     log.info("latent diffusion on %d training latents %s, validating on %d", len(train), _shape(train), len(val))
-    common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
-    fit(
-        module,
-        run.root,
-        config["trainer"],
-        train_dataloaders=DataLoader(train, shuffle=True, drop_last=len(train) > config["batch_size"], **common),
-        val_dataloaders=DataLoader(val, **common),
-    )
+    _fit(module, train, val, config, run)
     diffusion = {
         "vqgan": str(Path(config["vqgan"]).absolute()),
         "classes": list(classes) if classes else None,
@@ -150,6 +132,17 @@ def run_sample(config: dict[str, Any], run) -> dict[str, Any]:
     return write_samples(sampler, config, run)
 
 
+def _fit(module, train, val, config: dict[str, Any], run) -> None:
+    """Train ``module`` on the ``train`` items (shuffled, the last partial batch dropped) and validate on ``val``."""
+    from torch.utils.data import DataLoader
+
+    from brainlearn.trainer import fit
+
+    common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
+    train = DataLoader(train, shuffle=True, drop_last=len(train) > config["batch_size"], **common)
+    fit(module, run.root, config["trainer"], train_dataloaders=train, val_dataloaders=DataLoader(val, **common))
+
+
 def _classes(config: dict[str, Any]) -> tuple[str, ...] | None:
     conditions, classes = config["conditions"], config["classes"]
     if not isinstance(conditions, list | tuple) or not set(conditions) <= {"diagnosis", "age"}:
@@ -175,8 +168,7 @@ def _check_multiple(config: dict[str, Any], compression: int) -> None:
 def _finish_run(root, settings: dict[str, Any]):
     """Write selection.json (the kept checkpoint) and inference.json; return the kept checkpoint's path."""
     from brainlearn.atomic import write_json
-    from brainlearn.commands_train import _kept_checkpoint
-    from brainlearn.generation import INFERENCE_FILE
+    from brainlearn.commands_train import INFERENCE_FILE, _kept_checkpoint
 
     best = _kept_checkpoint(root)
     write_json(root / INFERENCE_FILE, settings)

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from brainlearn.cli import Command
-from brainlearn.commands_train import _DATA_DEFAULTS, _DATA_OPTIONS, open_cache, read_finished_run
+from brainlearn.commands_train import _DATA_DEFAULTS, _DATA_OPTIONS, INFERENCE_FILE, open_cache, read_finished_run
 from brainlearn.errors import BrainlearnError
 from brainlearn.trainer import TRAINER_DEFAULTS
 
 log = logging.getLogger("brainlearn")
 
-INFERENCE_FILE = "inference.json"
 INFERENCE_KEYS = ("mri", "pet", "downsample", "model_options")
 
 
@@ -106,19 +105,10 @@ def read_generator_run(source) -> tuple[Path, dict[str, Any]]:
     Raises:
         BrainlearnError: not such a run, or its inference.json is missing or incomplete.
     """
-    import json
+    from brainlearn.commands_train import read_inference_run
 
-    run_dir, _, selection = read_finished_run(source, ("train sharegan", "train joint"), required=())
-    path = run_dir / INFERENCE_FILE
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise BrainlearnError(f"{path}: cannot be read ({error}); the run did not finish. Rerun it.") from error
-    missing = [key for key in INFERENCE_KEYS if key not in settings]
-    if missing:
-        raise BrainlearnError(f"{path}: lacks {', '.join(missing)}; rerun the training into a new folder.")
-    given = Path(source)
-    return (given if given.is_file() else run_dir / "checkpoints" / selection["checkpoint"]), settings
+    checkpoint, settings, _ = read_inference_run(source, ("train sharegan", "train joint"), INFERENCE_KEYS)
+    return checkpoint, settings
 
 
 def build_gan(options: dict[str, Any]):

@@ -36,6 +36,7 @@ _DATA_DEFAULTS = {
     "batch_size": 2,
     "num_workers": 0,
 }
+INFERENCE_FILE = "inference.json"  # what inference needs, written by the generative and synthesis runs
 _EVALUATE_DEFAULTS = {"splits": ["test", "external"], "n_bootstrap": 2000}
 _DATA_OPTIONS = (
     ("--init-from", "init_from", {"metavar": "CKPT", "help": "initialize the backbone from a pretrained checkpoint"}),
@@ -285,6 +286,27 @@ def read_finished_run(
             f"{run_dir}: selection.json or config.yaml lacks the kept checkpoint or {', '.join(required)}."
         )
     return run_dir, saved, selection
+
+
+def read_inference_run(source, commands: tuple[str, ...], keys: tuple[str, ...]) -> tuple[Path, dict, dict]:
+    """The kept checkpoint (or the given .ckpt), ``inference.json`` and config of a finished run of ``commands``.
+
+    Raises:
+        BrainlearnError: not such a run, or its inference.json is missing, damaged or lacks one of ``keys``.
+    """
+    import json
+
+    run_dir, saved, selection = read_finished_run(source, commands, required=())
+    path = run_dir / INFERENCE_FILE
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BrainlearnError(f"{path}: cannot be read ({error}); the run did not finish. Rerun it.") from error
+    missing = [key for key in keys if not isinstance(settings, dict) or key not in settings]
+    if missing:
+        raise BrainlearnError(f"{path}: lacks {', '.join(missing)}; rerun the training into a new folder.")
+    given = Path(source)
+    return (given if given.is_file() else run_dir / "checkpoints" / selection["checkpoint"]), settings, saved
 
 
 def run_evaluate(config: dict[str, Any], run) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from brainlearn.errors import BrainlearnError
 
 log = logging.getLogger("brainlearn")
 
-INFERENCE_FILE = "inference.json"
 LATENT_SCALES = ("codebook", "standardize")
 # what a VQ-GAN run records for the runs and commands that use it
 GRID_KEYS = ("modalities", "downsample", "multiple", "model_options", "compression", "shape", "affine")
@@ -85,22 +84,9 @@ def read_diffusion_run(source) -> tuple[Path, dict[str, Any], dict[str, Any]]:
 
 
 def _read_generative_run(source, commands: tuple[str, ...]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    import json
+    from brainlearn.commands_train import read_inference_run
 
-    from brainlearn.commands_train import read_finished_run
-
-    run_dir, saved, selection = read_finished_run(source, commands, required=())
-    path = run_dir / INFERENCE_FILE
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise BrainlearnError(f"{path}: cannot be read ({error}); the run did not finish. Rerun it.") from error
-    missing = [key for key in GRID_KEYS if key not in settings]
-    if missing:
-        raise BrainlearnError(f"{path}: lacks {', '.join(missing)}; rerun the training into a new folder.")
-    given = Path(source)
-    checkpoint = given if given.is_file() else run_dir / "checkpoints" / selection["checkpoint"]
-    return checkpoint, settings, saved
+    return read_inference_run(source, commands, GRID_KEYS)
 
 
 def build_vqgan(channels: int, options: dict[str, Any]):

@@ -426,6 +426,7 @@ COMMANDS = (
     ),
 )
 
+from brainlearn.commands_explain import EXPLAIN_COMMANDS  # noqa: E402
 from brainlearn.commands_generation import GENERATION_COMMANDS  # noqa: E402
 from brainlearn.commands_pretrain import PRETRAIN_COMMANDS  # noqa: E402
 from brainlearn.commands_segment import SEGMENT_COMMANDS  # noqa: E402
@@ -445,4 +446,5 @@ COMMANDS = (
     *PRETRAIN_COMMANDS,
     *GENERATION_COMMANDS,
     *EXPERIMENT_COMMANDS,
+    *EXPLAIN_COMMANDS,
 )

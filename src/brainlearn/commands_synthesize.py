@@ -122,40 +122,12 @@ def restore_grid(y, crop: tuple[slice, ...], downsample: int, shape: tuple[int, 
 
 def synthesize_file(generator, source: Path, target: Path, *, alpha: float, downsample: int = 1) -> np.ndarray:
     """Synthesize ``source`` into ``target`` (NIfTI) on ``source``'s grid; returns the output in RAS+ order."""
-    from brainlearn.io import read_image
+    from brainlearn.io import read_image, write_like
 
     image = read_image(source, canonical=True)
     synthesized = synthesize_volume(generator, image.array, alpha=alpha, downsample=downsample)
-    write_like(target, synthesized, source)
+    write_like(target, synthesized, source, description="brainlearn synthesize: relative intensity")
     return synthesized
-
-
-def write_like(path: Path, array: np.ndarray, source: Path) -> Path:
-    """Write ``array`` (in RAS+ order) atomically, in ``source``'s orientation with its affine and header.
-
-    The NIfTI header of ``source`` is copied with float32 data, no intensity scaling, no display range; other
-    formats (MGZ, MINC, ``.npy``) get a fresh NIfTI header with their affine.
-    """
-    import nibabel as nib
-
-    from brainlearn.atomic import atomic_path
-    from brainlearn.io import NPY_AFFINE, from_canonical, write_image
-
-    if source.suffix == ".npy":
-        return write_image(path, array, NPY_AFFINE)  # identity affine: RAS+ already
-    original = nib.load(source)
-    array = from_canonical(array, original.affine).astype(np.float32)
-    if not isinstance(original.header, nib.Nifti1Header):
-        return write_image(path, array, original.affine)
-    header = original.header.copy()
-    header.set_data_dtype(np.float32)
-    header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0.0, 0.0  # the input's display window does not fit [0, 1]
-    header["descrip"] = b"brainlearn synthesize: relative intensity"
-    kind = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    with atomic_path(path) as tmp:
-        nib.save(kind(array, original.affine, header), tmp)  # keeps qform and sform with their codes
-    return path
 
 
 def _synthesize_one(source: Path, out: Path, generator, options, run, roles, keep: bool) -> dict[str, Any]:

@@ -22,6 +22,7 @@ GROUPS = {
     "train": "train a model: classify (diagnosis), brain-age, segment (lesions), sharegan (MRI↔PET), joint",
     "pretrain": "self-supervised and generative pretraining: simclr, context-encoder, inpaint, vqgan, diffusion",
     "experiment": "experiments over many runs: label-efficiency",
+    "explain": "importance maps of a trained classifier or brain-age model: gradcam, attention, occlusion, noise",
 }
 
 _DATA_DEFAULTS = {
@@ -309,20 +310,26 @@ def read_inference_run(source, commands: tuple[str, ...], keys: tuple[str, ...])
     return (given if given.is_file() else run_dir / "checkpoints" / selection["checkpoint"]), settings, saved
 
 
+def load_trained_model(checkpoint) -> tuple[str, Any, dict, dict]:
+    """The task (``classify`` or ``brain-age``), module with the kept (or given) checkpoint, config and selection
+    of a finished ``train classify`` / ``train brain-age`` run."""
+    source = Path(checkpoint or "")
+    run_dir, saved, selection = read_finished_run(checkpoint, ("train classify", "train brain-age"))
+    task = saved["command"].removeprefix("train ")
+    module = build_module(task, {**saved, "init_from": None, "freeze_encoder": False})
+    _load_weights(module, source if source.is_file() else run_dir / "checkpoints" / selection["checkpoint"])
+    return task, module, saved, selection
+
+
 def run_evaluate(config: dict[str, Any], run) -> dict[str, Any]:
     """Score a trained run's model on any table, cache or BIDS folder (an external MRI-only set included)."""
-    source = Path(config["checkpoint"] or "")
     commands = ("train classify", "train brain-age", "train joint")
-    run_dir, saved, selection = read_finished_run(config["checkpoint"], commands, required=())
+    _, saved, selection = read_finished_run(config["checkpoint"], commands, required=())
     if saved["command"] == "train joint":
         from brainlearn.synthesis_evaluation import evaluate_joint_run
 
         return evaluate_joint_run(config, run, selection)
-    if "modalities" not in saved:
-        raise BrainlearnError(f"{run_dir}: config.yaml lacks the modalities; rerun the training.")
-    task = saved["command"].removeprefix("train ")
-    module = build_module(task, {**saved, "init_from": None, "freeze_encoder": False})
-    _load_weights(module, source if source.is_file() else run_dir / "checkpoints" / selection["checkpoint"])
+    task, module, saved, selection = load_trained_model(config["checkpoint"])
     cache = open_cache(config, run.root, saved["modalities"])
     split = None if config["split"] in (None, "all") else config["split"]
     predictions = _predictions(task, module, cache, saved, split)

@@ -12,8 +12,11 @@
    AwareNet; diagnosis from MRI, from synthesized PET and from both next to the MRI-only AwareNet, and synthesized
    PET for every held-out participant (the external site has no PET of its own in practice);
 8. document 003: a small VQ-GAN and a latent diffusion model conditioned on diagnosis and age, scored in step 4's
-   brain-age network's feature space, and a few AD volumes sampled from it.
-The later stages (explanations, report) extend this demo as they land.
+   brain-age network's feature space, and a few AD volumes sampled from it;
+9. explanation maps of step 4's models (Grad-CAM and AwareNet's attention for the classifier, Grad-CAM and
+   document 004's noise model for brain age), population maps, atlas regions ranked, each map scored against the
+   cohort's truth (where atrophy was applied; the structures that change most with age).
+The report stage extends this demo when it lands.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     )
     montage = save_cohort_montage(cohort_dir, report.table, run.figures / "cohort_montage.png")
     effects = measured_effects(read_truths(cohort_dir, report.table))
-    log.info("step 1/8: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
+    log.info("step 1/9: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
     for diagnosis in ("CN", "MCI", "AD"):
         if f"cohort/{diagnosis}/n" in effects:
             log.info(
@@ -51,12 +54,12 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
 
     table = read_bids(cohort_dir)
     table_path = write_table(table, run.root / "participants.tsv")
-    log.info("step 2/8: participants table (splits by participant): %s", table_path)
+    log.info("step 2/9: participants table (splits by participant): %s", table_path)
 
     cached = build_cache(table, run.root / "cache", modalities=("t1", "pet"), dtype="float16", progress=True)
     speed = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=2)
     log.info(
-        "step 3/8: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
+        "step 3/9: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
         cached.n_volumes,
         speed["ratio"],
     )
@@ -84,6 +87,10 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
         run.root / "vqgan" / "evaluation" / "test" / "reconstruction.png",
         run.root / "diffusion" / "evaluation" / "test" / "samples.png",
         run.root / "samples" / "figures" / "samples.png",
+    )
+    log.info(
+        "         %s (importance maps, population maps over the MNI template, regions.tsv, scores vs the truth)",
+        run.root / "explain",
     )
     return {
         **effects,
@@ -129,12 +136,12 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
         try:
             result = _sub_run(f"train {name}", flags, overrides)
         except BrainlearnError as error:  # e.g. a cohort too small to hold both classes in every split
-            log.warning("step 4/8: %s not trained: %s (generate more subjects)", name, error)
+            log.warning("step 4/9: %s not trained: %s (generate more subjects)", name, error)
             continue
         metrics |= {f"demo/{name}/{key}": value for key, value in result.items() if key.startswith("test/")}
-        log.info("step 4/8: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
+        log.info("step 4/9: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
     later = _segment_lesions(run, config) | _label_efficiency(run, config) | _synthesis(run, config)
-    return metrics | later | _generation(run, config)
+    return metrics | later | _generation(run, config) | _explanations(run, config)
 
 
 def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
@@ -164,9 +171,9 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
     try:
         result = _sub_run("train segment", flags, overrides)
     except BrainlearnError as error:
-        log.warning("step 5/8: lesions not segmented: %s (generate more subjects)", error)
+        log.warning("step 5/9: lesions not segmented: %s (generate more subjects)", error)
         return {}
-    log.info("step 5/8: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
+    log.info("step 5/9: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
     return {f"demo/segment/{key}": value for key, value in result.items() if key.startswith("test/")}
 
 
@@ -198,10 +205,10 @@ def _label_efficiency(run, config: dict[str, Any]) -> dict[str, Any]:
         try:
             result |= _sub_run(name, flags, [*common, *overrides])
         except BrainlearnError as error:
-            log.warning("step 6/8: %s not run: %s (generate more subjects)", name, error)
+            log.warning("step 6/9: %s not run: %s (generate more subjects)", name, error)
             return {}
     log.info(
-        "step 6/8: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
+        "step 6/9: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
     )
     return {f"demo/{key}": value for key, value in result.items() if key.startswith("label_efficiency/")}
 
@@ -212,7 +219,7 @@ def _synthesis(run, config: dict[str, Any]) -> dict[str, Any]:
     from brainlearn.errors import BrainlearnError
 
     if not (run.root / "classify" / "selection.json").exists():
-        log.warning("step 7/8: skipped: step 4 trained no classifier to join")
+        log.warning("step 7/9: skipped: step 4 trained no classifier to join")
         return {}
     quiet = ["trainer.progress_bar=false", "trainer.patience=null", f"evaluate.n_bootstrap={config['n_bootstrap']}"]
     # 4 mm volumes are small enough to train on whole (stage 2 settings): crops of them (stage 1) would teach the
@@ -231,9 +238,9 @@ def _synthesis(run, config: dict[str, Any]) -> dict[str, Any]:
         flags = {"checkpoint": str(root / "joint"), "table": str(held_out), "out": str(root / "synthesized")}
         synthesized = _sub_run("synthesize", flags, [])
     except BrainlearnError as error:
-        log.warning("step 7/8: not run: %s (generate more subjects)", error)
+        log.warning("step 7/9: not run: %s (generate more subjects)", error)
         return {}
-    log.info("step 7/8: ShareGAN and joint model trained, PET synthesized: %s", root / "joint" / "evaluation" / "test")
+    log.info("step 7/9: ShareGAN and joint model trained, PET synthesized: %s", root / "joint" / "evaluation" / "test")
     metrics = {f"demo/joint/{key}": value for key, value in result.items() if key.startswith("test/")}
     return metrics | {"demo/synthesized": synthesized.get("synthesize/n", 0)}
 
@@ -267,10 +274,38 @@ def _generation(run, config: dict[str, Any]) -> dict[str, Any]:
         flags = {"checkpoint": str(root / "diffusion"), "out": str(root / "samples")}
         _sub_run("sample", flags, ["n=4", "steps=20", "diagnosis=AD", "age=75"])
     except BrainlearnError as error:
-        log.warning("step 8/8: not run: %s (generate more subjects)", error)
+        log.warning("step 8/9: not run: %s (generate more subjects)", error)
         return {}
-    log.info("step 8/8: VQ-GAN and latent diffusion trained, AD volumes sampled: %s", root / "samples")
+    log.info("step 8/9: VQ-GAN and latent diffusion trained, AD volumes sampled: %s", root / "samples")
     return {f"demo/generation/{key}": value for key, value in scores.items()}
+
+
+def _explanations(run, config: dict[str, Any]) -> dict[str, Any]:
+    """Step 9: maps of step 4's classifier and brain-age model on the test split, scored against the truth."""
+    from brainlearn.errors import BrainlearnError
+
+    plans = {
+        "classify": (("gradcam", []), ("attention", [])),
+        # 5 epochs of the noise model: about half a minute on the demo's training split
+        "brain-age": (("gradcam", []), ("noise", ["epochs=5"])),
+    }
+    common = [f"n_bootstrap={config['n_bootstrap']}", "figures=2"]
+    metrics: dict[str, Any] = {}
+    for model, methods in plans.items():
+        if not (run.root / model / "selection.json").exists():
+            continue
+        for method, overrides in methods:
+            out = run.root / "explain" / f"{model}-{method}"
+            flags = {"checkpoint": str(run.root / model), "cache": str(run.root / "cache"), "out": str(out)}
+            try:
+                result = _sub_run(f"explain {method}", flags, [*common, *overrides])
+            except BrainlearnError as error:
+                log.warning("step 9/9: %s of %s not made: %s", method, model, error)
+                continue
+            metrics |= {f"demo/explain/{model}/{key.removeprefix('explain/')}": v for key, v in result.items()}
+    if metrics:
+        log.info("step 9/9: explanation maps of the classifier and the brain-age model: %s", run.root / "explain")
+    return metrics
 
 
 def _sub_run(name: str, flags: dict[str, str], overrides: list[str]) -> dict[str, Any]:
@@ -337,6 +372,20 @@ def _log_results(trained: dict[str, Any]) -> None:
             trained.get("demo/generation/test/samples/features_frechet_distance", float("nan")),
             trained.get("demo/generation/test/samples/real_train_frechet_distance", float("nan")),
         )
+    for model, method, truth, group in (
+        ("classify", "gradcam", "disease", "AD"),
+        ("classify", "attention", "disease", "AD"),
+        ("brain-age", "gradcam", "ageing", "all"),
+        ("brain-age", "noise", "ageing", "all"),
+    ):
+        auc = trained.get(f"demo/explain/{model}/{method}/auc/{truth}")
+        rank = trained.get(f"demo/explain/{model}/{method}/hippocampus_rank/{group}")
+        if auc is not None:
+            log.info(
+                "result: %s %s map against the cohort's %s truth: ROC-AUC %.2f (95 %% CI %.2f–%.2f); hippocampus "
+                "ranks %s of %s atlas structures",
+                model, method, truth, *auc, rank, trained.get(f"demo/explain/{model}/regions"),
+            )  # fmt: skip
     log.info(
         "         (a demo-sized cohort: the intervals show how little a test split of a few participants "
         "says; docs/benchmarks.md has the 200-participant figures and the volume baseline next to them)"

@@ -149,6 +149,30 @@ def from_canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nib.orientations.apply_orientation(array, back))
 
 
+def write_like(path: Path, array: np.ndarray, source: Path, *, description: str) -> Path:
+    """Write ``array`` (in RAS+ order) atomically, in ``source``'s orientation with its affine and header.
+
+    The NIfTI header of ``source`` is copied with float32 data, no intensity scaling, no display range and
+    ``description`` (what the values are; at most 79 characters); other formats (MGZ, MINC, ``.npy``) get a fresh
+    NIfTI header with their affine.
+    """
+    if source.suffix == ".npy":
+        return write_image(path, array, NPY_AFFINE)  # identity affine: RAS+ already
+    original = nib.load(source)
+    array = from_canonical(array, original.affine).astype(np.float32)
+    if not isinstance(original.header, nib.Nifti1Header):
+        return write_image(path, array, original.affine)
+    header = original.header.copy()
+    header.set_data_dtype(np.float32)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0.0, 0.0  # the input's display window does not fit [0, 1]
+    header["descrip"] = description.encode()[:79]
+    kind = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    with atomic_path(path) as tmp:
+        nib.save(kind(array, original.affine, header), tmp)  # keeps qform and sform with their codes
+    return path
+
+
 def check_same_grid(image: Image, other: Image, *, atol: float = 1e-3) -> None:
     """Raise if ``other`` does not lie voxel for voxel on ``image``'s grid (same shape and affine)."""
     if image.shape[:3] == other.shape[:3] and np.allclose(image.affine, other.affine, atol=atol):

@@ -1,0 +1,1 @@
+"""Explanation maps: which voxels of an image a trained model relies on."""

@@ -92,8 +92,8 @@ class GradCAM:
 
         _module(network, layer)  # an unknown name fails here, with the known ones listed
         self.layer, self.plus = layer, plus
-        self._hooked = ModelWithHooks(OutputOf(network), f"network.{layer}", register_forward=True,
-                                      register_backward=True)  # fmt: skip
+        hooks = {"register_forward": True, "register_backward": True}
+        self._hooked = ModelWithHooks(OutputOf(network), f"network.{layer}", **hooks)
 
     def __call__(self, image: Tensor, target: int | Sequence[int] | None = None) -> Tensor:
         """Maps (B, X, Y, Z) for ``image`` (B, C, X, Y, Z); ``target``: the output index explained, one for all or

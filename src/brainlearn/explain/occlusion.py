@@ -53,9 +53,14 @@ def occlusion_map(
     model = OutputOf(network).eval()
     activate = (lambda out: out.softmax(1)) if classifier else (lambda out: out)
     occlusion = OcclusionSensitivity(
-        model, mask_size=patch, n_batch=batch_size, verbose=False, mode=float(background), overlap=overlap,
+        model,
+        mask_size=patch,
+        n_batch=batch_size,
+        verbose=False,
+        mode=float(background),
+        overlap=overlap,
         activate=activate,
-    )  # fmt: skip
+    )
     maps = []
     with torch.no_grad(), warnings.catch_warnings():
         # MONAI 1.x indexes with lists of slices, which torch warns about on every window; the result is right

@@ -70,8 +70,10 @@ def explain_sessions(explain, module, dataset, *, task: str, target: int, saved,
         maps = _read_back(run.root, cache, indices, modality)
         if maps is None:
             head = (batch["image"] != background).any(1)  # (B, x, y, z): importance outside the head means nothing
-            maps = {name: _on_cache_grid(_within(m, head), cache, indices, modality, saved["downsample"])
-                    for name, m in explain(batch["image"], target).items()}  # fmt: skip
+            maps = {
+                name: _on_cache_grid(_within(m, head), cache, indices, modality, saved["downsample"])
+                for name, m in explain(batch["image"], target).items()
+            }
         outputs = _outputs(module, batch["image"], task, saved)
         for k, index in enumerate(indices):
             session = {name: volume[k] for name, volume in maps.items()}
@@ -198,8 +200,13 @@ def _summarize(rows: list[dict], population, task: str, target: int, saved, conf
     for key, volume in means.items():
         name, group = key.rsplit("_", 1)
         write_image(run.root / "population" / f"desc-{name}_group-{group}_importance.nii.gz", volume, anatomy.affine)
-        save_overlay(_stretched(volume, anatomy.brain), anatomy.t1, anatomy.affine,
-                     run.figures / f"population_{name}_{group}.png", title=f"{name}: mean of {group}")  # fmt: skip
+        save_overlay(
+            _stretched(volume, anatomy.brain),
+            anatomy.t1,
+            anatomy.affine,
+            run.figures / f"population_{name}_{group}.png",
+            title=f"{name}: mean of {group}",
+        )
     regions = region_table(means, anatomy)
     write_tsv(regions, run.root / "regions.tsv")
     metrics = _auc_metrics(sessions, config)
@@ -208,12 +215,23 @@ def _summarize(rows: list[dict], population, task: str, target: int, saved, conf
         name, group = key.rsplit("_", 1)
         metrics[f"explain/{name}/hippocampus_rank/{group}"] = rank_of(regions, key)
         if group == (focus if f"{name}_{focus}" in means else "all"):
-            log.info("%s: hippocampus ranks %s of %d structures (%s); top 5: %s", name, rank_of(regions, key),
-                     len(regions), group, ", ".join(regions.sort_values(f"rank_{key}")["region"].head(5)))  # fmt: skip
+            log.info(
+                "%s: hippocampus ranks %s of %d structures (%s); top 5: %s",
+                name,
+                rank_of(regions, key),
+                len(regions),
+                group,
+                ", ".join(regions.sort_values(f"rank_{key}")["region"].head(5)),
+            )
     metrics["explain/regions"] = len(regions)
     metrics["explain/sessions"] = len(sessions)
-    log.info("look at: %s (maps), %s (population and overlays), %s, %s", run.root / "maps", run.figures,
-             run.root / "regions.tsv", run.root / "sessions.tsv")  # fmt: skip
+    log.info(
+        "look at: %s (maps), %s (population and overlays), %s, %s",
+        run.root / "maps",
+        run.figures,
+        run.root / "regions.tsv",
+        run.root / "sessions.tsv",
+    )
     return metrics
 
 
@@ -233,8 +251,15 @@ def _auc_metrics(sessions: pd.DataFrame, config) -> dict[str, Any]:
         )["auc"]
         metrics[f"explain/{name}/auc/{kind}"] = [estimate, lower, upper]
         metrics[f"explain/{name}/auc/{kind}/n"] = int(values.size)
-        log.info("%s against the %s truth: ROC-AUC %.3f (95 %% CI %.3f–%.3f, %d sessions)", name, kind,
-                 estimate, lower, upper, values.size)  # fmt: skip
+        log.info(
+            "%s against the %s truth: ROC-AUC %.3f (95 %% CI %.3f–%.3f, %d sessions)",
+            name,
+            kind,
+            estimate,
+            lower,
+            upper,
+            values.size,
+        )
     return metrics
 
 

@@ -167,6 +167,10 @@ def test_demo_runs_on_a_tiny_cohort(tmp_path):
     assert (synthesized["status"] == "synthesized").sum() == metrics["demo/synthesized"] > 0
     assert len(list((tmp_path / "demo" / "samples").glob("*_t1.nii.gz"))) == 4  # step 8: AD volumes sampled
     assert "demo/generation/test/samples/diversity_ms_ssim" in metrics
+    explain = tmp_path / "demo" / "explain"  # step 9: maps of both models, scored against the cohort's truth
+    for folder in ("classify-gradcam", "classify-attention", "brain-age-gradcam", "brain-age-noise"):
+        assert (explain / folder / "regions.tsv").exists() and list((explain / folder / "maps").glob("*.nii.gz"))
+    assert 0 <= metrics["demo/explain/brain-age/noise/auc/ageing"][0] <= 1
     assert (
         run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1", "n_bootstrap=100") == 0
     )  # resumes

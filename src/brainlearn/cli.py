@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {}
     for name, help_text in GROUPS.items():
         group = subparsers.add_parser(name, help=help_text, description=help_text)
-        groups[name] = group.add_subparsers(title="what to train", metavar="TASK")
+        groups[name] = group.add_subparsers(title="subcommands", metavar="NAME")
         group.set_defaults(handler=lambda args, group=group: group.print_help() or 0)
     for command in COMMANDS:
         _add_work_command(groups[command.group] if command.group else subparsers, command)

@@ -75,11 +75,11 @@ def region_table(maps: Mapping[str, np.ndarray], anatomy) -> pd.DataFrame:
     """
     regions = structures(anatomy)
     labels = anatomy.labels.ravel()
-    rows = {"region": list(regions), "voxels": [int(np.isin(labels, ids).sum()) for ids in regions.values()]}
-    table = pd.DataFrame(rows)
+    masks = [np.isin(labels, ids) for ids in regions.values()]  # once, not once per map
+    table = pd.DataFrame({"region": list(regions), "voxels": [int(mask.sum()) for mask in masks]})
     for name, volume in maps.items():
         values = volume.ravel()
-        table[f"mean_{name}"] = [float(values[np.isin(labels, ids)].mean()) for ids in regions.values()]
+        table[f"mean_{name}"] = [float(values[mask].mean()) for mask in masks]
         table[f"rank_{name}"] = table[f"mean_{name}"].rank(ascending=False, method="min").astype(int)
     first = next(iter(maps), None)
     return table.sort_values(f"rank_{first}").reset_index(drop=True) if first else table

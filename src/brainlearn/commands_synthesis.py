@@ -46,10 +46,10 @@ def run_train_sharegan(config: dict[str, Any], run) -> dict[str, Any]:
     generator, discriminator_pet, discriminator_mri = build_gan(config["model_options"])
     if config["init_from"]:
         checkpoint, earlier = read_generator_run(config["init_from"])
-        if earlier["model_options"] != config["model_options"]:
+        if _architecture(earlier["model_options"]) != _architecture(config["model_options"]):
             raise BrainlearnError(
                 f"init_from: {config['init_from']} has model_options {earlier['model_options']}, this run "
-                f"{config['model_options']}; they must be the same."
+                f"{config['model_options']}; the networks' (all but checkpointing) must be the same."
             )
         _load_gan(checkpoint, generator, discriminator_pet, discriminator_mri)
     module = ShareGANModule(generator, discriminator_pet, discriminator_mri, **_gan_settings(config))
@@ -111,16 +111,29 @@ def read_generator_run(source) -> tuple[Path, dict[str, Any]]:
     return checkpoint, settings
 
 
+def _architecture(options: dict[str, Any]) -> dict[str, Any]:
+    """The model options that shape the networks: all but ``checkpointing``, which only changes how a step runs
+    (stage 2 may turn it on for whole volumes; runs from before it existed lack the key)."""
+    return {key: value for key, value in options.items() if key != "checkpointing"}
+
+
 def build_gan(options: dict[str, Any]):
-    """ShareSynNet and its two discriminators from ``model_options`` (width, heads, downsamples)."""
+    """ShareSynNet and its two discriminators from ``model_options``.
+
+    The options: ``width`` (32) and ``heads`` (8) of the generator, ``downsamples`` (5) of the discriminators, and
+    ``checkpointing`` (false): recompute the generator's levels in the backward pass instead of storing them,
+    for whole 256³ volumes on a small GPU (the same result, more time).
+    """
     from brainlearn.models.sharesynnet import ShareDiscriminator, ShareSynNet
 
-    known = {"width", "heads", "downsamples"}
+    known = {"width", "heads", "downsamples", "checkpointing"}
     unknown = set(options) - known
     if unknown:
         raise BrainlearnError(f"model_options: unknown {sorted(unknown)}; ShareGAN takes {sorted(known)}.")
     width = options.get("width", 32)
-    generator = ShareSynNet(width=width, heads=options.get("heads", 8))
+    generator = ShareSynNet(
+        width=width, heads=options.get("heads", 8), checkpointing=options.get("checkpointing", False)
+    )
     discriminators = [ShareDiscriminator(width=width, downsamples=options.get("downsamples", 5)) for _ in range(2)]
     return generator, *discriminators
 
@@ -227,7 +240,8 @@ def _select_and_evaluate(module, cache, config: dict[str, Any], run) -> dict[str
 
 
 _GAN_DEFAULTS = {
-    **{key: _DATA_DEFAULTS[key] for key in ("cache", "table", "bids", "labels", "augment", "num_workers")},
+    **{key: _DATA_DEFAULTS[key] for key in ("cache", "table", "bids", "labels", "augment")},
+    "num_workers": "auto",  # DataLoader workers: none without a GPU (see make_loader)
     "cycle_weight": 10.0,
     "identity_weight": 0.3,  # relative to cycle_weight, as in the CycleGAN code
     "pool_size": 10,
@@ -250,7 +264,8 @@ SYNTHESIS_COMMANDS = (
             "crop": None,
             "batch_size": 4,
             "init_from": None,  # stage 2: the stage-1 run
-            "model_options": {"width": 32, "heads": 8, "downsamples": 5},
+            # checkpointing: recompute the generator's levels in the backward pass (less memory, more time)
+            "model_options": {"width": 32, "heads": 8, "downsamples": 5, "checkpointing": False},
             "optimizer": {"lr": 2e-4, "betas": [0.5, 0.999], "decay_start": 15, "lr_decay": 0.95},
             "trainer": {**TRAINER_DEFAULTS, "max_epochs": 80, "monitor": "val/ssim", "mode": "max", "patience": 20},
             "out": "runs/sharegan",

@@ -22,17 +22,24 @@ Choices where the paper's description leaves room (written down so they can be c
 - Convolutions are initialized Kaiming-normal (fan_out, ReLU), BN with weight 1 and bias 0, except the local
   attention's 1-output conv (fan_in, unit gain: fan_out would saturate its sigmoid from the start); the MLP keeps
   PyTorch's default initialization (Kaiming fan_out on a 2-output layer gives very large initial logits).
+
+``checkpointing=True`` recomputes the stem's first convolution and each residual stage (the stem's two, the
+fusion stage's two with their temporal shifts) in the backward pass instead of keeping their activations
+(:func:`torch.utils.checkpoint.checkpoint`); BatchNorm's running statistics are updated once, as without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import ResNetBlock
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from brainlearn.errors import BrainlearnError
 from brainlearn.models.backbones import init_kaiming
@@ -138,11 +145,21 @@ class AwareNet(nn.Module):
         dropout: dropout in the per-slice MLP (paper: 0.5).
         width: channels of the first stage (paper: 64); the stages have width × 1, 2, 4, 8 channels and the MLP
             width × 2 hidden units. 16 gives a network with 1/16 of the work for CPU runs.
+        checkpointing: in training, recompute the stem and fusion stages in the backward pass instead of storing
+            their activations (less memory for large volumes); the same result, more time.
 
     Any number of slices and any in-plane size works (≥ 32 voxels keeps every stage above 1×1).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, *, dropout: float = 0.5, width: int = 64) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        *,
+        dropout: float = 0.5,
+        width: int = 64,
+        checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 1:
             raise BrainlearnError(
@@ -154,7 +171,9 @@ class AwareNet(nn.Module):
             raise BrainlearnError(
                 f"AwareNet: width must be a multiple of 8 (the temporal shift moves 1/8), not {width}."
             )
-        self.in_channels = in_channels
+        if not isinstance(checkpointing, bool):
+            raise BrainlearnError(f"AwareNet: checkpointing must be true or false, not {checkpointing!r}.")
+        self.in_channels, self.checkpointing = in_channels, checkpointing
         w = width
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, w, 7, stride=2, padding=3, bias=False),
@@ -185,10 +204,58 @@ class AwareNet(nn.Module):
             )
         b, c, nx, ny, nz = x.shape
         slices = x.permute(0, 4, 1, 2, 3).reshape(b * nz, c, nx, ny)  # (B·Z, C, X, Y)
-        features = self.stem(slices)
+        features = self._stem(slices)
         features = features.view(b, nz, *features.shape[1:])  # (B, Z, 2w, h, w); w = width, 64 in the paper
         features, slice_weights, local = self.attention(features)
-        features = _per_slice(self.layer3, temporal_shift(features))  # (B, Z, 4w, h/2, w/2)
-        features = _per_slice(self.layer4, temporal_shift(features))  # (B, Z, 8w, h/4, w/4)
+        features = self._segment(self.layer3, features, fusion=True)  # (B, Z, 4w, h/2, w/2)
+        features = self._segment(self.layer4, features, fusion=True)  # (B, Z, 8w, h/4, w/4)
         logits = self.classifier(features.mean(dim=(-2, -1)))  # (B, Z, num_classes)
         return AwareNetOutput(logits.mean(dim=1), slice_weights, local)
+
+    def _checkpointing_now(self) -> bool:
+        return self.checkpointing and self.training and torch.is_grad_enabled()
+
+    def _stem(self, slices: Tensor) -> Tensor:
+        """The stem on (B·Z, C, X, Y); checkpointed in three parts, as it holds most of the activations."""
+        if not self._checkpointing_now():
+            return self.stem(slices)  # one call of the module, which Grad-CAM's hooks on "stem" see
+        for part in (self.stem[:4], self.stem[4], self.stem[5]):  # first convolution and pooling, two stages
+            slices = self._segment(part, slices)
+        return slices
+
+    def _segment(self, stage: nn.Module, features: Tensor, *, fusion: bool = False) -> Tensor:
+        """``stage`` on ``features``, with ``fusion`` as a fusion stage (:func:`_fuse`); when checkpointing a
+        training step, recomputed in the backward pass rather than stored."""
+        function = partial(_fuse, stage) if fusion else stage
+        if self._checkpointing_now():
+            contexts = partial(_recomputation_contexts, stage)
+            return checkpoint(function, features, use_reentrant=False, context_fn=contexts)
+        return function(features)
+
+
+def _fuse(stage: nn.Module, features: Tensor) -> Tensor:
+    """A fusion stage on (B, S, C, H, W): neighbouring slices exchange channels, then ``stage`` runs per slice."""
+    return _per_slice(stage, temporal_shift(features))
+
+
+def _recomputation_contexts(stage: nn.Module) -> tuple[AbstractContextManager, AbstractContextManager]:
+    """Checkpoint's contexts for the forward pass (none) and for its recomputation (BatchNorm statistics kept)."""
+    return nullcontext(), _batch_norm_statistics_kept(stage)
+
+
+@contextmanager
+def _batch_norm_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Restore the BatchNorm buffers of ``module`` afterwards: a recomputation must not count a batch twice."""
+    buffers = [
+        buffer
+        for layer in module.modules()
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+        for buffer in layer.buffers()
+    ]
+    saved = [buffer.clone() for buffer in buffers]
+    try:
+        yield
+    finally:  # also when checkpoint stops the recomputation early, with an exception, once it has what it needs
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)

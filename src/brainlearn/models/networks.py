@@ -39,7 +39,7 @@ def build_network(
         in_channels: image channels (1 for T1 alone, 2 for T1 and PET).
         outputs: classes for a classifier, 1 for a regressor.
         options: keyword arguments of the backbone (e.g. ``{"channels": [8, 16, 32, 64, 64, 32]}`` for a small
-            SFCN); AwareNet takes ``dropout``.
+            SFCN); AwareNet takes ``width``, ``dropout`` and ``checkpointing``.
         dropout: dropout before the linear head of a backbone.
 
     Raises:

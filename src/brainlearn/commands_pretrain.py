@@ -22,11 +22,9 @@ log = logging.getLogger("brainlearn")
 
 def run_pretrain_simclr(config: dict[str, Any], run) -> dict[str, Any]:
     """SimCLR (document 001): two augmented views per volume, NT-Xent, SAM around SGD or AdamW."""
-    from torch.utils.data import DataLoader
-
     from brainlearn.commands_train import open_cache
     from brainlearn.data.datasets import VolumeDataset
-    from brainlearn.data.loaders import VolumeTransform
+    from brainlearn.data.loaders import VolumeTransform, make_loader
     from brainlearn.methods.simclr import SimCLRModule, TwoViews, simclr_views
     from brainlearn.models.backbones import create_backbone
     from brainlearn.trainer import fit
@@ -65,8 +63,8 @@ def run_pretrain_simclr(config: dict[str, Any], run) -> dict[str, Any]:
         module,
         run.root,
         config["trainer"],
-        train_dataloaders=DataLoader(train, shuffle=True, drop_last=True, **common),
-        val_dataloaders=DataLoader(val, **common),
+        train_dataloaders=make_loader(train, shuffle=True, drop_last=True, **common),
+        val_dataloaders=make_loader(val, **common),
     )
     best = _kept_checkpoint(run.root)
     log.info("look at: %s — pass it as --init-from / --pretrained (its backbone.* weights)", best)
@@ -75,10 +73,11 @@ def run_pretrain_simclr(config: dict[str, Any], run) -> dict[str, Any]:
 
 def run_pretrain_context_encoder(config: dict[str, Any], run) -> dict[str, Any]:
     """Document 002's context encoder: a U-Net generator fills checkerboard-masked slices against a PatchGAN."""
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import RandomSampler
 
     from brainlearn.commands_train import open_cache
     from brainlearn.data.lesions import LesionSliceDataset, every_nth
+    from brainlearn.data.loaders import make_loader
     from brainlearn.methods.context_encoder import ContextEncoderModule, PatchDiscriminator, build_generator
     from brainlearn.trainer import fit
 
@@ -103,8 +102,8 @@ def run_pretrain_context_encoder(config: dict[str, Any], run) -> dict[str, Any]:
         module,
         run.root,
         config["trainer"],
-        train_dataloaders=DataLoader(train, sampler=sampler, **common),
-        val_dataloaders=DataLoader(val, **common),
+        train_dataloaders=make_loader(train, sampler=sampler, **common),
+        val_dataloaders=make_loader(val, **common),
     )
     best = _kept_checkpoint(run.root)
     log.info("look at: %s — pass it to train segment --init-from (its generator.network.encoder.* weights)", best)
@@ -113,11 +112,12 @@ def run_pretrain_context_encoder(config: dict[str, Any], run) -> dict[str, Any]:
 
 def run_pretrain_inpaint(config: dict[str, Any], run) -> dict[str, Any]:
     """Document 003's pretraining: a 3D Swin UNETR reconstructs masked cubes of flipped patches, L1 + MS-SSIM."""
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import RandomSampler
 
     from brainlearn.commands_segment import check_swin_patch
     from brainlearn.commands_train import open_cache
     from brainlearn.data.lesions import LesionPatchDataset, every_nth
+    from brainlearn.data.loaders import make_loader
     from brainlearn.methods.inpainting import InpaintingModule, build_inpainter
     from brainlearn.trainer import fit
 
@@ -147,8 +147,9 @@ def run_pretrain_inpaint(config: dict[str, Any], run) -> dict[str, Any]:
         module,
         run.root,
         config["trainer"],
-        train_dataloaders=DataLoader(train, sampler=sampler, **common),
-        val_dataloaders=DataLoader(val, batch_size=config["batch_size"]),
+        train_dataloaders=make_loader(train, sampler=sampler, **common),
+        # the validation patches are already read into memory: workers would only copy them
+        val_dataloaders=make_loader(val, batch_size=config["batch_size"], num_workers=0),
     )
     best = _kept_checkpoint(run.root)
     log.info("look at: %s — pass it to train segment --init-from (its network.network.swinViT.* weights)", best)
@@ -175,7 +176,7 @@ PRETRAIN_COMMANDS = (
             "model_options": {},
             "downsample": 2,
             "batch_size": 8,
-            "num_workers": 0,
+            "num_workers": "auto",  # DataLoader workers: none without a GPU (see make_loader)
             "temperature": 0.2,
             # crop side range and rotation of the two views: milder than SimCLR's usual, see simclr_views
             "views": {"crop": [0.9, 1.0], "degrees": 5.0},
@@ -214,7 +215,7 @@ PRETRAIN_COMMANDS = (
             "samples_per_epoch": 512,
             "val_samples": 256,
             "batch_size": 16,
-            "num_workers": 0,
+            "num_workers": "auto",  # DataLoader workers: none without a GPU (see make_loader)
             "optimizer": {"lr": 2e-4, "betas": [0.5, 0.999]},
             "trainer": {**TRAINER_DEFAULTS, "max_epochs": 10, "monitor": "val/l1", "mode": "min"},
             "out": "runs/pretrain-context-encoder",
@@ -238,7 +239,7 @@ PRETRAIN_COMMANDS = (
             "samples_per_epoch": 256,
             "val_samples": 32,
             "batch_size": 2,
-            "num_workers": 0,
+            "num_workers": "auto",  # DataLoader workers: none without a GPU (see make_loader)
             "optimizer": {"lr": 1e-3, "weight_decay": 0.01},  # AdamW (document 003)
             "trainer": {**TRAINER_DEFAULTS, "max_epochs": 20, "monitor": "val/l1", "mode": "min"},
             "out": "runs/pretrain-inpaint",

@@ -78,12 +78,13 @@ def check_swin_patch(patch: int) -> None:
 
 
 def _loaders(cache, config: dict[str, Any]):
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import RandomSampler
 
     from brainlearn.data.lesions import LesionPatchDataset, LesionSliceDataset, every_nth, lesion_sampler
+    from brainlearn.data.loaders import make_loader
 
     seed, batch = config["trainer"]["seed"], config["batch_size"]
-    common = {"num_workers": config["num_workers"], "persistent_workers": config["num_workers"] > 0}
+    common = {"batch_size": batch, "num_workers": config["num_workers"]}
     augment = _augmentation(config)
     if _dims(config) == 2:
         train = LesionSliceDataset(cache, modalities=config["modalities"], split="train", transform=augment)
@@ -107,7 +108,7 @@ def _loaders(cache, config: dict[str, Any]):
         sampler = RandomSampler(train, num_samples=config["samples_per_epoch"], replacement=True)
         val = LesionPatchDataset(cache, modalities=config["modalities"], split="val", patch=patch, seed=seed + 1)
         val = every_nth(val, config["val_samples"], fixed=True)  # cropped once: comparable val/loss per epoch
-    return DataLoader(train, batch_size=batch, sampler=sampler, **common), DataLoader(val, batch_size=batch, **common)
+    return make_loader(train, sampler=sampler, **common), make_loader(val, **common)
 
 
 def _augmentation(config: dict[str, Any]):
@@ -251,7 +252,7 @@ SEGMENT_COMMANDS = (
             "val_samples": 512,
             "patch": 64,
             "batch_size": 16,
-            "num_workers": 0,
+            "num_workers": "auto",  # DataLoader workers: none without a GPU (see make_loader)
             "optimizer": {"lr": 1e-3, "weight_decay": 0.0},
             "trainer": {**TRAINER_DEFAULTS, "max_epochs": 20, "monitor": "val/loss", "mode": "min"},
             "evaluate": {"splits": ["test", "external"], "n_bootstrap": 2000},

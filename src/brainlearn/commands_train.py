@@ -35,7 +35,7 @@ _DATA_DEFAULTS = {
     "augment": True,
     "intensity": "zscore",  # or "range": [-1, 1] as document 000 (needed by train joint)
     "batch_size": 2,
-    "num_workers": 0,
+    "num_workers": "auto",  # DataLoader workers: auto = none without a GPU (brainlearn.data.loaders.make_loader)
 }
 INFERENCE_FILE = "inference.json"  # what inference needs, written by the generative and synthesis runs
 _EVALUATE_DEFAULTS = {"splits": ["test", "external"], "n_bootstrap": 2000}

@@ -86,10 +86,10 @@ def sample_participants(cache, classes, fraction: float, seed: int) -> set[str]:
 
 def _train_arm(cache, config: dict[str, Any], arm: str, chosen: set[str], seed: int, folder: Path) -> dict:
     import torch
-    from torch.utils.data import DataLoader, RandomSampler, Subset
+    from torch.utils.data import RandomSampler, Subset
 
     from brainlearn.commands_train import build_module, select_and_evaluate
-    from brainlearn.data.loaders import training_loaders
+    from brainlearn.data.loaders import make_loader, training_loaders
     from brainlearn.trainer import fit
 
     settings = {
@@ -116,7 +116,7 @@ def _train_arm(cache, config: dict[str, Any], arm: str, chosen: set[str], seed: 
     sampler = RandomSampler(
         keep, replacement=draws > len(keep), num_samples=draws, generator=torch.Generator().manual_seed(seed)
     )
-    subset = DataLoader(
+    subset = make_loader(
         Subset(train.dataset, keep), batch_size=config["batch_size"], sampler=sampler, num_workers=config["num_workers"]
     )
     module = build_module("classify", settings)
@@ -226,7 +226,7 @@ EXPERIMENT_COMMANDS = (
             "downsample": 2,
             "augment": True,
             "batch_size": 4,
-            "num_workers": 0,
+            "num_workers": "auto",
             "metrics": ["roc_auc", "balanced_accuracy"],
             "n_bootstrap": 200,
             "optimizer": {"lr": 1e-4, "betas": [0.9, 0.999], "weight_decay": 1e-8, "lr_decay": 1.0},

@@ -11,13 +11,14 @@ import logging
 import platform
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brainlearn.atomic import write_json, write_text
-from brainlearn.bench_generation import bench_diffusion, bench_sampling, bench_vqgan, method_defaults
+from brainlearn.bench_models import MODEL_METHODS, bench_model, method_defaults
 from brainlearn.errors import BrainlearnError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,58 @@ def bench_cache_read(config: dict[str, Any], run) -> dict[str, Any]:
     write_text(run.root / "bench.md", "\n".join(lines) + "\n")
     log.info("\n%s", "\n".join(lines))
     return {f"bench/cache-read/{key}": value for key, value in result.items()}
+
+
+def bench_loader(config: dict[str, Any], run) -> dict[str, Any]:
+    """Volumes per second the training loader delivers onto the device (cache → transform with augmentation →
+    batches, pinned and copied to a GPU when there is one), with no workers and with ``num_workers`` of them.
+
+    The rate to compare with what a model consumes (``brainlearn bench --method M``'s volumes/s at the same size):
+    a loader slower than the model leaves the GPU waiting.
+    """
+    import pandas as pd
+
+    from brainlearn.data.cache import Cache, build_cache
+    from brainlearn.data.cache_bench import benchmark_loader
+    from brainlearn.data.datasets import VolumeDataset
+    from brainlearn.data.loaders import VolumeTransform, resolve_num_workers
+
+    paths = write_benchmark_volumes(run.root / "inputs", n=config["n"], size=config["size"])
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:03d}" for i in range(len(paths))],
+            "session_id": "ses-01",
+            "diagnosis": ["CN", "AD"] * (len(paths) // 2) + ["CN"] * (len(paths) % 2),
+            "split": "train",
+            "t1": paths,
+        }
+    )
+    cache = run.root / "cache"
+    build_cache(table, cache, modalities=("t1",), dtype=config["dtype"], canonical=True, progress=False)
+    dataset = VolumeDataset(Cache(cache), transform=VolumeTransform(augment=True, shift=4))
+    workers = sorted({0, resolve_num_workers(config["num_workers"])})
+    batch = config["batch"] or 2
+    rows = [
+        benchmark_loader(dataset, batch_size=batch, num_workers=n, batches=config["repeats"] * len(paths) // batch)
+        for n in workers
+    ]
+    shape = "×".join(str(n) for n in _benchmark_shape(config["size"]))
+    lines = [
+        f"# loader benchmark: {config['n']} cached volumes of {shape} voxels, batch {batch}, flip and shift",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, `brainlearn bench --method "
+        f"loader --size {config['size']} --n {config['n']} --batch {batch} num_workers={config['num_workers']}`",
+        "",
+        "| workers | pinned | volumes/s | first batch s |",
+        "|---|---|---|---|",
+        *[f"| {r['workers']} | {r['pinned']} | {r['volumes_per_s']:.1f} | {r['startup_s']:.2f} |" for r in rows],
+    ]
+    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
+    log.info("\n%s", "\n".join(lines))
+    best = max(rows, key=lambda r: r["volumes_per_s"])
+    return {"bench/loader/volumes_per_s": best["volumes_per_s"], "bench/loader/workers": best["workers"]} | {
+        f"bench/loader/volumes_per_s_{r['workers']}_workers": r["volumes_per_s"] for r in rows
+    }
 
 
 def write_benchmark_volumes(folder: Path, *, n: int, size: int, seed: int = 0) -> list[str]:
@@ -182,115 +235,74 @@ def bench_preprocess(config: dict[str, Any], run) -> dict[str, Any]:
     }
 
 
-def bench_sharegan(config: dict[str, Any], run) -> dict[str, Any]:
-    """One ShareGAN training step at ``size``³, batch ``batch``: the six generator passes as two batched calls
-    (brainlearn) against six separate calls (the reference code's way), same weights and inputs, in one run."""
-    import torch
-
-    from brainlearn.commands_synthesis import build_gan
-    from brainlearn.methods.sharegan import ShareGANModule
-
-    size, batch, width = config["size"], config["batch"], config["width"]
-    if size % 16 or size < 32:
-        raise BrainlearnError(f"bench sharegan: --size must be a multiple of 16 and at least 32, not {size}.")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    downsamples = min(5, size.bit_length() - 3)  # the discriminator keeps at least 2 voxels per axis
-    module = ShareGANModule(*build_gan({"width": width, "downsamples": downsamples})).to(device)
-    generator = torch.Generator(device=device).manual_seed(0)
-    mri, pet = (torch.rand(batch, 1, size, size, size, device=device, generator=generator) * 2 - 1 for _ in "ab")
-    bf16 = config["precision"] == "bf16"
-
-    def step(batched: bool) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = module.translate_both_ways(mri, pet) if batched else _six_calls(module.generator, mri, pet)
-            loss_g = module.generator_losses(mri, pet, out)["loss_g"]
-        loss_g.backward()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss_d = module.discriminator_loss(mri, pet, out)
-        loss_d.backward()
-        module.zero_grad(set_to_none=True)
-
-    rows = []
-    for name, batched in (("six separate generator calls (reference)", False), ("two batched calls", True)):
-        seconds, peak = time_step(lambda b=batched: step(b), config["repeats"], device)
-        rows.append((name, seconds, peak))
-    ratio = rows[0][1] / rows[1][1]
-    where = f"{device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()})"
-    lines = [
-        f"# ShareGAN step: {size}³, batch {batch}, width {width}, {config['precision']}, {where}",
-        "",
-        f"{time.strftime('%Y-%m-%d')}, `brainlearn bench --method sharegan --size {size} --batch {batch} "
-        f"width={width} precision={config['precision']}`, median of {config['repeats']} after one warm-up step",
-        "",
-        "| generator passes | ms/step | peak GPU memory (GiB) | speed-up |",
-        "|---|---|---|---|",
-        *[f"| {n} | {1000 * t:.0f} | {p:.2f} | {rows[0][1] / t:.2f}× |" for n, t, p in rows],
-    ]
-    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
-    log.info("\n%s", "\n".join(lines))
-    return {
-        "bench/sharegan/ms_reference": 1000 * rows[0][1],
-        "bench/sharegan/ms": 1000 * rows[1][1],
-        "bench/sharegan/ratio": ratio,
-        "bench/sharegan/peak_gib": rows[1][2],
-    }
-
-
-def _six_calls(generator, mri, pet) -> dict:
-    """The translations of :meth:`ShareGANModule.translate_both_ways`, one generator call each."""
-    from brainlearn.models.sharesynnet import MRI_TO_PET, PET_TO_MRI
-
-    fake_pet, fake_mri = generator(mri, MRI_TO_PET), generator(pet, PET_TO_MRI)
-    return {
-        "fake_pet": fake_pet,
-        "fake_mri": fake_mri,
-        "same_pet": generator(pet, MRI_TO_PET),
-        "same_mri": generator(mri, PET_TO_MRI),
-        "cycled_mri": generator(fake_pet, PET_TO_MRI),
-        "cycled_pet": generator(fake_mri, MRI_TO_PET),
-    }
-
-
-def time_step(step: Callable[[], None], repeats: int, device) -> tuple[float, float]:
-    """Median seconds of ``step`` over ``repeats`` calls after one warm-up, and peak CUDA memory in GiB (0 on CPU)."""
-    import torch
-
-    cuda = device.type == "cuda"
-    step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-    return float(np.median(times)), peak
-
-
 METHODS: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {
     "preprocess": bench_preprocess,
     "cache-read": bench_cache_read,
     "cohort": bench_cohort,
-    "sharegan": bench_sharegan,
-    "vqgan": bench_vqgan,
-    "diffusion": bench_diffusion,
-    "sampling": bench_sampling,
+    "loader": bench_loader,
+    **{name: partial(bench_model, name) for name in MODEL_METHODS},
 }
-# What an unset (None or absent) --size, --batch or width means; the generative methods' depend on the device.
-FIXED_DEFAULTS = {"cache-read": {"size": 96}, "sharegan": {"size": 96, "batch": 1, "width": 32}}
+# What an unset (None or absent) --size, --batch or width means for the data benchmarks; the models' depend on
+# the device (brainlearn.bench_models.method_defaults).
+FIXED_DEFAULTS = {"cache-read": {"size": 96}, "loader": {"size": 96}}
 
 
 def run_benchmarks(config: dict[str, Any], run) -> dict[str, Any]:
+    """Run ``config['method']`` (or every model method for ``all``) into ``run.root``: bench.json and bench.md."""
     method = config["method"]
+    if method == "all":
+        return _run_all(config, run)
     if method not in METHODS:
-        raise BrainlearnError(f"bench: unknown method {method!r}; known methods: {', '.join(sorted(METHODS))}.")
-    defaults = FIXED_DEFAULTS.get(method) or method_defaults(method)
-    config = config | {key: value for key, value in defaults.items() if config.get(key) is None}
+        known = ", ".join(["all", *sorted(METHODS)])
+        raise BrainlearnError(f"bench: unknown method {method!r}; known methods: {known}.")
+    config = _with_defaults(method, config)
     metrics = METHODS[method](config, run)
     write_json(run.root / "bench.json", {"method": method, "config": config, "results": metrics})
+    log.info("look at: %s", run.root / "bench.md")
+    return metrics
+
+
+def _with_defaults(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    defaults = FIXED_DEFAULTS.get(method) or (method_defaults(method) if method in MODEL_METHODS else {})
+    return config | {key: value for key, value in defaults.items() if config.get(key) is None}
+
+
+def _run_all(config: dict[str, Any], run) -> dict[str, Any]:
+    """Every model method at its default sizes for this device (``--size`` etc. are ignored): one summary table
+    (the last arm of each ladder against its fp32 reference) and each method's own table below it."""
+    from types import SimpleNamespace
+
+    metrics: dict[str, Any] = {}
+    sections, summary = [], []
+    for method in MODEL_METHODS:
+        folder = run.root / method
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = _with_defaults(
+            method, {**config, "method": method, "size": None, "batch": None, "width": None, "steps": None}
+        )
+        results = METHODS[method](settings, SimpleNamespace(root=folder))
+        write_json(folder / "bench.json", {"method": method, "config": settings, "results": results})
+        metrics |= results
+        row = {key.removeprefix(f"bench/{method}/"): value for key, value in results.items()}
+        summary.append(
+            f"| {method} | {row['ms_reference']:.1f} | {row['ms']:.1f} | {row['ratio']:.2f}× | "
+            f"{row['volumes_per_s']:.2f} | {row['tflops']:.3g} | {row['peak_gib']:.2f} | {row['output_error']:.1e} |"
+        )
+        sections.append((folder / "bench.md").read_text(encoding="utf-8"))
+    lines = [
+        f"# every model method, {config['precision']}{' + torch.compile' if config.get('compile') else ''}",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, `brainlearn bench --method all --precision {config['precision']}"
+        f"{' --compile ' + str(config['compile']) if config.get('compile') else ''}`; each method at its default "
+        "size for this device (its own table below); fast = the last arm of its ladder",
+        "",
+        "| method | fp32 reference ms | fast ms | speed-up | volumes/s | TFLOP/s | peak GPU GiB | output error |",
+        "|---|---|---|---|---|---|---|---|",
+        *summary,
+        "",
+        *sections,
+    ]
+    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
+    write_json(run.root / "bench.json", {"method": "all", "config": config, "results": metrics})
     log.info("look at: %s", run.root / "bench.md")
     return metrics

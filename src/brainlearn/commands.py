@@ -398,9 +398,11 @@ COMMANDS = (
             "dtype": "float16",
             "spacing": 2.0,
             "batch": None,  # volumes per step
-            "width": None,  # the network's first width (sharegan 32 = document 000; vqgan 16, denoiser 64 = 003)
+            "width": None,  # the network's first width (ShareSynNet 32, AwareNet 64 = document 000; denoiser 64 = 003)
             "steps": None,  # sampling: denoiser calls per volume (250 = document 003)
-            "precision": "fp32",  # fp32 or bf16 (autocast), timed against the plain fp32 step in the same run
+            "precision": "bf16",  # the models' ladder: fp32 leaves out the bf16 autocast arm
+            "compile": None,  # null (off), true or a torch.compile mode: adds a compiled arm to the ladder
+            "num_workers": "auto",  # loader: the worker processes timed next to none
             "out": "runs/bench",
         },
         path_keys=("out",),
@@ -409,10 +411,23 @@ COMMANDS = (
             (
                 "--method",
                 "method",
-                {"help": "what to time: cache-read, cohort, preprocess, sharegan, vqgan, diffusion, sampling"},
+                {
+                    "help": "what to time: a model (awarenet, sharegan, joint, inference, brain-age, segmentation, "
+                    "vqgan, diffusion, sampling), all models (all), or the data path (loader, cache-read, cohort, "
+                    "preprocess)"
+                },
             ),
             ("--batch", "batch", {"type": int, "help": "volumes per step (the method's default)"}),
-            ("--precision", "precision", {"choices": ("fp32", "bf16"), "help": "fp32 or bf16 autocast"}),
+            (
+                "--precision",
+                "precision",
+                {"choices": ("fp32", "bf16"), "help": "bf16 adds the autocast arm (bf16)"},
+            ),
+            (
+                "--compile",
+                "compile",
+                {"action": "store_const", "const": True, "help": "add a torch.compile arm (minutes on a GPU)"},
+            ),
             ("--size", "size", {"type": int, "help": "volume edge in voxels (the method's default)"}),
             ("--n", "n", {"type": int, "help": "number of volumes (8)"}),
         ),

@@ -128,19 +128,18 @@ def run_sample(config: dict[str, Any], run) -> dict[str, Any]:
     """DDIM samples of a diffusion run as NIfTI volumes on the training grid, a participants.tsv and a montage."""
     from brainlearn.sampling import load_sampler, write_samples
 
-    sampler = load_sampler(config["checkpoint"])
+    sampler = load_sampler(config["checkpoint"], precision=config["precision"], compile=config["compile"])
     return write_samples(sampler, config, run)
 
 
 def _fit(module, train, val, config: dict[str, Any], run) -> None:
     """Train ``module`` on the ``train`` items (shuffled, the last partial batch dropped) and validate on ``val``."""
-    from torch.utils.data import DataLoader
-
+    from brainlearn.data.loaders import make_loader
     from brainlearn.trainer import fit
 
     common = {"batch_size": config["batch_size"], "num_workers": config["num_workers"]}
-    train = DataLoader(train, shuffle=True, drop_last=len(train) > config["batch_size"], **common)
-    fit(module, run.root, config["trainer"], train_dataloaders=train, val_dataloaders=DataLoader(val, **common))
+    train = make_loader(train, shuffle=True, drop_last=len(train) > config["batch_size"], **common)
+    fit(module, run.root, config["trainer"], train_dataloaders=train, val_dataloaders=make_loader(val, **common))
 
 
 def _classes(config: dict[str, Any]) -> tuple[str, ...] | None:
@@ -195,7 +194,7 @@ GENERATION_COMMANDS = (
             "multiple": 16,  # pad volumes to this many voxels per axis (compression × the denoiser's halvings)
             "augment": True,  # left-right flips
             "batch_size": 2,
-            "num_workers": 0,
+            "num_workers": "auto",  # DataLoader workers: none without a GPU (see make_loader)
             # document 003's ADNI setting: 64³ → 8 × 32³ latents, 16,384 codes; downsample is the compression per axis
             "model_options": {
                 "channels": 16,
@@ -244,7 +243,7 @@ GENERATION_COMMANDS = (
             "condition_dropout": 0.1,  # share of steps trained unconditioned (classifier-free guidance)
             "ema_decay": 0.995,
             "batch_size": 10,
-            "num_workers": 0,
+            "num_workers": "auto",  # DataLoader workers: none without a GPU (see make_loader)
             "optimizer": {"lr": 1e-4},
             "trainer": _DIFFUSION_TRAINER,
             # samples scored against the real volumes of split; features: a train brain-age / classify run whose
@@ -269,6 +268,8 @@ GENERATION_COMMANDS = (
             "age": None,
             "seed": 0,
             "batch_size": 4,
+            "precision": "auto",  # bf16 autocast on a GPU with bf16 (auto), or fp32 / bf16
+            "compile": None,  # torch.compile the denoiser: null (off), true or a mode (reduce-overhead: CUDA graphs)
             "val_fraction": 0.1,  # share of the samples marked split=val in participants.tsv
             "out": "runs/samples",
         },

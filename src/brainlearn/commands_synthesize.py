@@ -93,13 +93,14 @@ def synthesize_volume(generator, volume: np.ndarray, *, alpha: float, downsample
     import torch.nn.functional as F
 
     from brainlearn.data.loaders import pad_to_multiple, scale_to_range
+    from brainlearn.fast import inference_autocast
 
     device = next(generator.parameters()).device
     x = scale_to_range(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None])  # (1, X, Y, Z)
     if downsample > 1:
         x = F.avg_pool3d(x[None], downsample, ceil_mode=True)[0]  # (1, ⌈X/d⌉, ⌈Y/d⌉, ⌈Z/d⌉)
     x, crop = pad_to_multiple(x, generator.multiple)
-    with torch.no_grad():
+    with torch.no_grad(), inference_autocast(device):
         y = generator(x[None].to(device), alpha)[0].float().cpu()  # (1, X', Y', Z')
     return restore_grid(y, crop, downsample, volume.shape)[0]
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from brainlearn.atomic import atomic_path, write_json
 from brainlearn.errors import BrainlearnError
+from brainlearn.fast import inference_autocast
 from brainlearn.metrics import binary_metrics, bootstrap, multiclass_metrics
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def predict(module: torch.nn.Module, dataset, *, batch_size: int = 2) -> pd.Data
     module.eval()
     rows, outputs = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        outputs.append(module(batch["image"].to(module.device)).float().cpu())
+        with inference_autocast(module.device):
+            outputs.append(module(batch["image"].to(module.device)).float().cpu())
         for i in range(len(batch["label"])):
             rows.append(
                 {

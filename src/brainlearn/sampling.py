@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from brainlearn.errors import BrainlearnError
+from brainlearn.fast import autocast, compile_networks
 
 log = logging.getLogger("brainlearn")
 
@@ -33,6 +34,7 @@ class Sampler:
     module: torch.nn.Module
     vqgan: torch.nn.Module
     settings: dict[str, Any]
+    bf16: bool = False  # denoise and decode under bf16 autocast (the volumes come back float32)
 
     @property
     def device(self) -> torch.device:
@@ -65,14 +67,21 @@ class Sampler:
 
         shape, scale = tuple(self.settings["latent_shape"]), self.settings["latent_scale"]
         clip = scale.get("bound", 1.0)  # the latents' range in the model's space: predicted clean latents stay in it
-        latents = self.module.sample(
-            n, shape, steps=steps, eta=eta, generator=generator, label=label, age=age, guidance=guidance, clip=clip
-        )
-        return decode_latents(self.vqgan, latents, scale)
+        with autocast(self.device, self.bf16):
+            latents = self.module.sample(
+                n, shape, steps=steps, eta=eta, generator=generator, label=label, age=age, guidance=guidance, clip=clip
+            )
+            return decode_latents(self.vqgan, latents.float(), scale).float()
 
 
-def load_sampler(source) -> Sampler:
-    """The :class:`Sampler` of a finished ``pretrain diffusion`` run, on the GPU when there is one."""
+def load_sampler(source, *, precision: str = "fp32", compile: bool | str | None = None) -> Sampler:
+    """The :class:`Sampler` of a finished ``pretrain diffusion`` run, on the GPU when there is one.
+
+    Args:
+        precision: ``"bf16"`` samples under bf16 autocast, ``"auto"`` does so on a GPU with bf16, ``"fp32"`` never.
+        compile: ``torch.compile`` mode of the denoiser (``"reduce-overhead"``: CUDA graphs for its fixed-shape
+            calls, the fast choice for hundreds of DDIM steps on a GPU); None or False: none.
+    """
     from brainlearn.commands_generation import build_diffusion_module
     from brainlearn.commands_train import _load_weights
     from brainlearn.generation import load_vqgan, read_diffusion_run
@@ -82,8 +91,13 @@ def load_sampler(source) -> Sampler:
     classes = settings["classes"]
     module = build_diffusion_module(saved, classes, embedding_dim=settings["latent_shape"][0], settings=settings)
     _load_weights(module, checkpoint)
+    if precision not in ("auto", "fp32", "bf16"):
+        raise BrainlearnError(f"precision: expected auto, fp32 or bf16, not {precision!r}.")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return Sampler(module.eval().to(device), vqgan.to(device), settings)
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    module = module.eval().to(device)
+    compile_networks(module.ema, compile)
+    return Sampler(module, vqgan.to(device), settings, bf16=bf16)
 
 
 def write_samples(sampler: Sampler, config: dict[str, Any], run) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from brainlearn.errors import BrainlearnError
+from brainlearn.fast import inference_autocast
 
 log = logging.getLogger("brainlearn")
 
@@ -98,7 +99,8 @@ def predict_pairs(
     rows, examples = [], []
     for item in DataLoader(dataset, batch_size=1, shuffle=False):
         mri = item["mri"].to(module.device)
-        out = module(mri) if classes else {"pet": module.generator(mri, MRI_TO_PET)}
+        with inference_autocast(module.device):
+            out = module(mri) if classes else {"pet": module.generator(mri, MRI_TO_PET)}
         fake, real = out["pet"][0, 0].float().cpu().numpy(), item["pet"][0, 0].numpy()
         row = {key: item[key][0] for key in ("participant_id", "session_id")} | {"label": int(item["label"][0])}
         row |= synthesis_metrics(fake, real)
@@ -212,7 +214,8 @@ def predict_mri(module, cache, settings: dict[str, Any], split: str | None, clas
     module.eval()
     rows = []
     for item in DataLoader(dataset, batch_size=1, shuffle=False):
-        out = module(item["image"].to(module.device))
+        with inference_autocast(module.device):
+            out = module(item["image"].to(module.device))
         row = {key: item[key][0] for key in ("participant_id", "session_id")} | {"label": int(item["label"][0])}
         for name in INPUTS:
             row |= {f"p_{c}_{name}": float(p) for c, p in zip(classes, out[f"p_{name}"][0].tolist(), strict=True)}

@@ -40,6 +40,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from brainlearn.atomic import write_json
 from brainlearn.checkpoints import LAST_NAME, AtomicCheckpointIO, checkpoint_callbacks, read_global_step
 from brainlearn.errors import BrainlearnError
+from brainlearn.fast import COMPILE_MODES, compile_networks, to_channels_last
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "mode": "min",
     "patience": None,  # None: no early stopping
     "progress_bar": True,
+    "channels_last": "auto",  # weights in channels-last memory: auto = on a CUDA GPU (brainlearn.fast)
+    "compile": False,  # torch.compile each network: false, true or a mode (default, reduce-overhead, max-autotune)
 }
 
 PRECISIONS = get_args(_PRECISION_INPUT_STR)
@@ -90,7 +93,36 @@ def resolve_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, An
     every = settings["checkpoint_every_n_steps"]
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise BrainlearnError(f"trainer.checkpoint_every_n_steps: expected a positive integer or None, not {every!r}.")
+    if settings["channels_last"] not in ("auto", True, False):
+        raise BrainlearnError(
+            f"trainer.channels_last: expected auto, true or false, not {settings['channels_last']!r}."
+        )
+    if settings["compile"] not in (True, False, *COMPILE_MODES):
+        raise BrainlearnError(
+            f"trainer.compile: expected false, true or one of {', '.join(COMPILE_MODES)}, not {settings['compile']!r}."
+        )
     return settings
+
+
+def on_cuda(accelerator: str) -> bool:
+    """Whether ``accelerator`` (a trainer setting) trains on a CUDA GPU on this machine."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+class FastPath(Callback):
+    """Puts a module's weights in channels-last memory and compiles its networks before training starts.
+
+    Runs in ``setup``, before Lightning moves the module to its device (which keeps the memory format) and builds
+    its optimizers, so optimizers, checkpoints and state dict keys see the same Parameters as without it.
+    """
+
+    def __init__(self, *, channels_last: bool, compile: bool | str) -> None:
+        self.channels_last, self.compile = channels_last, compile
+
+    def setup(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, stage: str) -> None:
+        if self.channels_last:
+            to_channels_last(pl_module)
+        compile_networks(pl_module, self.compile)
 
 
 def choose_precision(accelerator: str, precision: str | int = "auto") -> str:
@@ -104,7 +136,7 @@ def choose_precision(accelerator: str, precision: str | int = "auto") -> str:
         BrainlearnError: ``precision`` is not one Lightning accepts.
     """
     if precision == "auto":
-        if accelerator not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        if not on_cuda(accelerator):
             return "32-true"
         return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     value = _PRECISION_INPUT_STR_ALIAS_CONVERSION.get(str(precision), str(precision))
@@ -133,6 +165,11 @@ def build_trainer(run_dir: str | os.PathLike, settings: Mapping[str, Any] | None
     if settings["patience"] is not None:
         callbacks.append(EarlyStopping(settings["monitor"], patience=settings["patience"], mode=settings["mode"]))
     callbacks += _progress_bar(settings)
+    channels_last = settings["channels_last"]
+    if channels_last == "auto":
+        channels_last = on_cuda(settings["accelerator"])
+    if channels_last or settings["compile"]:
+        callbacks.append(FastPath(channels_last=channels_last, compile=settings["compile"]))
     keys = ("max_epochs", "max_steps", "accelerator", "devices", "num_nodes", "strategy", "deterministic")
     keys += ("accumulate_grad_batches", "gradient_clip_val", "log_every_n_steps", "val_check_interval")
     return lightning.Trainer(

@@ -137,14 +137,14 @@ def test_bench_cache_read(tmp_path):
     assert "volumes/s" in (tmp_path / "bench" / "bench.md").read_text()
 
 
-def test_bench_sharegan_times_both_ways_of_calling_the_generator(tmp_path, capsys):
-    args = ["--size", 32, "--batch", 1, "width=2", "repeats=1", "--out", tmp_path / "bench"]
+def test_bench_sharegan_times_its_ladder_of_arms(tmp_path, capsys):
+    args = ["--size", 32, "--batch", 1, "--precision", "fp32", "width=2", "repeats=1", "--out", tmp_path / "bench"]
     assert run("bench", "--method", "sharegan", *args) == 0
     results = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
     assert results["bench/sharegan/ms"] > 0 and results["bench/sharegan/ratio"] > 0
-    assert "two batched calls" in (tmp_path / "bench" / "bench.md").read_text()
+    assert "| + fused norm chain, 2 batched G calls |" in (tmp_path / "bench" / "bench.md").read_text()
     assert run("bench", "--method", "sharegan", "--size", 40, "--out", tmp_path / "bad") == 2
-    assert "--size must be a multiple of 16 and at least 32, not 40" in capsys.readouterr().err
+    assert "--size must be a multiple of 16 and at least 32 (the generator halves" in capsys.readouterr().err
 
 
 def test_demo_runs_on_a_tiny_cohort(tmp_path):

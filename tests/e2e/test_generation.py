@@ -122,6 +122,21 @@ def test_sampling_is_reproducible_for_a_seed(runs, tmp_path):
     assert np.array_equal(volumes[0], volumes[1]) and not np.array_equal(volumes[0], volumes[2])
 
 
+def test_bf16_sampling_gives_the_float32_volumes_within_bf16_tolerance(runs, tmp_path, capsys):
+    _, diffusion = runs
+    volumes = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ("--n", 1, "--steps", 2, "--seed", 5, "--out", out, f"precision={precision}")
+        assert run("sample", "--checkpoint", diffusion, *args) == 0
+        volumes[precision] = nib.load(next(out.glob("*_t1.nii.gz"))).get_fdata()
+    assert volumes["bf16"].dtype == volumes["fp32"].dtype
+    error = np.linalg.norm(volumes["bf16"] - volumes["fp32"]) / np.linalg.norm(volumes["fp32"])
+    assert 0 < error < 3e-2
+    assert run("sample", "--checkpoint", diffusion, "--out", tmp_path / "x", "precision=fp16") == 2
+    assert "precision: expected auto, fp32 or bf16, not 'fp16'" in capsys.readouterr().err
+
+
 def test_inpainting_pretrains_on_the_samples(runs, tmp_path):
     _, diffusion = runs
     samples, inpaint = tmp_path / "samples", tmp_path / "inpaint"

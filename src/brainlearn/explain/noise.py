@@ -117,7 +117,8 @@ def noise_objective(
         generator: draws ε ~ N(0, 1), on the image's device; None uses the global generator.
 
     Returns:
-        The scalar loss and floats ``{"preservation": ..., "mean_sigma": ...}`` (σ averaged over the head).
+        The scalar loss and detached scalar tensors ``{"preservation": ..., "mean_sigma": ...}`` (σ averaged over
+        the head), left on the device: reading them every step would stall a GPU.
     """
     _check_image(image, "noise_objective")
     _check_weight(weight, "noise_objective")
@@ -131,7 +132,7 @@ def noise_objective(
     mean_log_sigma = (torch.log(sigma.clamp_min(torch.finfo(sigma.dtype).tiny)) * head).sum() / voxels
     loss = preservation - weight * mean_log_sigma
     mean_sigma = (sigma.detach() * head).sum() / voxels
-    return loss, {"preservation": preservation.item(), "mean_sigma": mean_sigma.item()}
+    return loss, {"preservation": preservation.detach(), "mean_sigma": mean_sigma}
 
 
 def fit_noise_model(
@@ -226,7 +227,7 @@ def _fit_epoch(
         totals = {key: totals[key] + logs[key] for key in totals}
         batches += 1
     _check_batches(batches, epoch)
-    return totals["preservation"] / batches, totals["mean_sigma"] / batches
+    return float(totals["preservation"]) / batches, float(totals["mean_sigma"]) / batches
 
 
 def optimize_noise(

@@ -11,6 +11,7 @@ import lightning
 import torch
 from torch import Tensor, nn
 
+from brainlearn.fast import adam
 from brainlearn.losses import brain_age_loss
 from brainlearn.models.networks import logits_of
 
@@ -76,6 +77,6 @@ class BrainAgeModule(lightning.LightningModule):
         self.log("val/loss", ((predicted - age) / self.age_std.cpu()).pow(2).mean())
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = adam(self.parameters(), decoupled=True, lr=self.lr, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from brainlearn.errors import BrainlearnError
+from brainlearn.fast import adam
 from brainlearn.models.segmenters import build_segmenter
 
 # Ordered-dither (Bayer) matrix: thresholding it at 16·f masks a fraction f of the cells, spread evenly; at f = 0.5
@@ -213,10 +214,10 @@ class ContextEncoderModule(lightning.LightningModule):
         self.log("val/l1", error / max(count, 1.0), prog_bar=True)
 
     def configure_optimizers(self):
-        adam = {"lr": self.lr, "betas": self.betas}
+        settings = {"lr": self.lr, "betas": self.betas}
         return [
-            torch.optim.Adam(self.generator.parameters(), **adam),
-            torch.optim.Adam(self.discriminator.parameters(), **adam),
+            adam(self.generator.parameters(), **settings),
+            adam(self.discriminator.parameters(), **settings),
         ]
 
     def _masks(self, image: Tensor, rng: torch.Generator) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from brainlearn.errors import BrainlearnError
+from brainlearn.fast import adam
 from brainlearn.methods.context_encoder import mask_seed, masked_l1
 from brainlearn.metrics_generation import MS_SSIM_WEIGHTS
 from brainlearn.models.segmenters import build_segmenter
@@ -188,7 +189,7 @@ class InpaintingModule(lightning.LightningModule):
         self.log("val/ms_ssim", similarity / images)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return adam(self.network.parameters(), decoupled=True, lr=self.lr, weight_decay=self.weight_decay)
 
     def _masks(self, image: Tensor, rng: torch.Generator) -> Tensor:
         """One mask per image: bool (B, 1, X, Y, Z)."""

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from brainlearn.fast import adam
 from brainlearn.methods.sharegan import ShareGANModule, decay_after
 from brainlearn.methods.supervised import _auroc
 from brainlearn.models.networks import logits_of
@@ -121,6 +122,6 @@ class JointModule(ShareGANModule):
 
     def configure_optimizers(self):
         optimizers, schedules = super().configure_optimizers()
-        optimizer_c = torch.optim.Adam(self.classifier.parameters(), lr=self.lr_classifier, betas=self.betas)
+        optimizer_c = adam(self.classifier.parameters(), lr=self.lr_classifier, betas=self.betas)
         schedule_c = torch.optim.lr_scheduler.LambdaLR(optimizer_c, decay_after(self.decay_start, self.lr_decay))
         return [*optimizers, optimizer_c], [*schedules, schedule_c]

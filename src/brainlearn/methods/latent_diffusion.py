@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from brainlearn.errors import BrainlearnError
+from brainlearn.fast import adam
 from brainlearn.methods.diffusion_process import GaussianDiffusion
 
 
@@ -128,7 +129,7 @@ class LatentDiffusionModule(lightning.LightningModule):
             self.ema.train(training)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.diffusion.parameters(), lr=self.lr)
+        return adam(self.diffusion.parameters(), lr=self.lr)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from brainlearn.fast import adam
 from brainlearn.losses import segmentation_loss
 from brainlearn.models.segmenters import encoder_of
 
@@ -83,7 +84,7 @@ class SegmentModule(lightning.LightningModule):
 
     def configure_optimizers(self):
         parameters = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        return adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from brainlearn.fast import adam
 from brainlearn.models.sharesynnet import MRI_TO_PET, PET_TO_MRI
 
 
@@ -203,8 +204,8 @@ class ShareGANModule(lightning.LightningModule):
 
     def configure_optimizers(self):
         discriminators = [*self.discriminator_pet.parameters(), *self.discriminator_mri.parameters()]
-        optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
-        optimizer_d = torch.optim.Adam(discriminators, lr=self.lr, betas=self.betas)
+        optimizer_g = adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
+        optimizer_d = adam(discriminators, lr=self.lr, betas=self.betas)
         factor = decay_after(self.decay_start, self.lr_decay)
         schedules = [torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in (optimizer_g, optimizer_d)]
         return [optimizer_g, optimizer_d], schedules

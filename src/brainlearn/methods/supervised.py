@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from brainlearn.fast import adam
 from brainlearn.models.networks import logits_of
 
 
@@ -83,7 +84,7 @@ class ClassifierModule(lightning.LightningModule):
 
     def configure_optimizers(self):
         parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        optimizer = adam(parameters, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from brainlearn.errors import BrainlearnError
+from brainlearn.fast import adam
 
 
 def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -87,6 +88,7 @@ class VQGANModule(lightning.LightningModule):
         # Autoencoder steps taken; a buffer, so a resumed run knows whether the GAN has started (Lightning's
         # global_step counts the steps of both optimizers under manual optimization).
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self._steps: int | None = None  # steps_done on the host; None until read (after a resume too)
         self._rng = torch.Generator().manual_seed(seed)
         self._val: list[dict[str, float]] = []
 
@@ -121,13 +123,18 @@ class VQGANModule(lightning.LightningModule):
             "feature": sum(feature_matching_loss(real, fake) for real, fake in pairs),
         }
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._steps = None  # read steps_done again once the checkpoint's buffers are in
+
     def training_step(self, batch: dict, batch_index: int) -> None:
         optimizer_ae, optimizer_d = self.optimizers()
         real = _image(batch)
         out = self.vqgan(real)
         losses = {"l1": F.l1_loss(out["reconstruction"].float(), real.float()), "commitment": out["commitment_loss"]}
         losses["loss_ae"] = self.l1_weight * losses["l1"] + losses["commitment"]
-        gan_started = int(self.steps_done) >= self.gan_start
+        if self._steps is None:  # the checkpointed counter, read once (a host sync), then counted on the host
+            self._steps = int(self.steps_done)
+        gan_started = self._steps >= self.gan_start
         if gan_started:
             real_views, fake_views = self.views(real, out["reconstruction"])
             real_outputs = self.discriminate(real_views)  # with the discriminators' graph, for their step below
@@ -136,6 +143,7 @@ class VQGANModule(lightning.LightningModule):
             losses["loss_ae"] = losses["loss_ae"] + adversarial
         self._step(optimizer_ae, losses["loss_ae"])
         self.steps_done.add_(1)
+        self._steps += 1
         if gan_started:
             fake_outputs = self.discriminate([view.detach() for view in fake_views])
             pairs = zip(real_outputs, fake_outputs, strict=True)
@@ -177,8 +185,8 @@ class VQGANModule(lightning.LightningModule):
 
     def configure_optimizers(self):
         discriminators = [*self.slice_discriminator.parameters(), *self.volume_discriminator.parameters()]
-        optimizer_ae = torch.optim.Adam(self.vqgan.parameters(), lr=self.lr, betas=self.betas)
-        optimizer_d = torch.optim.Adam(discriminators, lr=self.lr, betas=self.betas)
+        optimizer_ae = adam(self.vqgan.parameters(), lr=self.lr, betas=self.betas)
+        optimizer_d = adam(discriminators, lr=self.lr, betas=self.betas)
         return [optimizer_ae, optimizer_d]
 
 

@@ -242,10 +242,8 @@ class Denoiser3D(nn.Module):
             raise BrainlearnError(f"Denoiser3D takes one diffusion step per latent ({len(x)},), not {tuple(t.shape)}.")
         _check_condition("label", label, len(x), enabled=self.num_classes > 0, hint="num_classes > 0")
         _check_condition("age", age, len(x), enabled=self.age, hint="age=True")
-        if label is not None and bool(((label < -1) | (label >= self.num_classes)).any()):
-            raise BrainlearnError(
-                f"Denoiser3D: labels must lie in [0, {self.num_classes}) or be −1 (no label), got {label.tolist()}."
-            )
+        if label is not None:
+            _check_labels(label, self.num_classes)
 
 
 def _check_condition(name: str, value: Tensor | None, batch: int, *, enabled: bool, hint: str) -> None:
@@ -274,3 +272,14 @@ def _check_settings(channels: int, widths: list[int], groups: int, num_classes: 
         )
     if num_classes < 0:
         raise BrainlearnError(f"Denoiser3D: num_classes must be 0 (no label) or more, not {num_classes}.")
+
+
+def _check_labels(label: Tensor, num_classes: int) -> None:
+    """Labels in [0, num_classes) or −1. On a GPU the check runs on the device, asynchronously: reading the answer
+    back would stall every denoiser call (250 per sampled volume)."""
+    wrong = (label < -1) | (label >= num_classes)
+    message = f"Denoiser3D: labels must lie in [0, {num_classes}) or be −1 (no label)"
+    if label.device.type == "cuda":
+        torch._assert_async(~wrong.any(), message)
+    elif bool(wrong.any()):
+        raise BrainlearnError(f"{message}, got {label.tolist()}.")

@@ -84,7 +84,7 @@ class Codebook(nn.Module):
         """
         with torch.autocast(z.device.type, enabled=False):  # distances and averages in float32 whatever the autocast
             flat = self._flat(z)
-            if self.training and not bool(self.initialized):
+            if self.training and not self._initialized():
                 self._initialize(flat)
             indices = self._nearest(flat)  # (N,)
             counts = torch.bincount(indices, minlength=self.n_codes).float()  # (K,)
@@ -119,6 +119,16 @@ class Codebook(nn.Module):
         # ‖z‖² is the same for every code, so argmin(‖e‖² − 2 z·e) is the nearest code.
         return torch.cat([(squared - 2 * chunk @ self.embeddings.T).argmin(1) for chunk in flat.split(rows)])
 
+    def _initialized(self) -> bool:
+        """Whether the codes were initialized; the buffer is read once (a host sync), then remembered."""
+        if not getattr(self, "_known_initialized", False):
+            self._known_initialized = bool(self.initialized)
+        return self._known_initialized
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._known_initialized = False  # read the loaded buffer again
+        super()._load_from_state_dict(*args, **kwargs)
+
     @torch.no_grad()
     def _initialize(self, flat: Tensor) -> None:
         """Every code becomes a random encoder vector of the first training batch (with usage 1)."""
@@ -139,13 +149,13 @@ class Codebook(nn.Module):
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.epsilon) / (total + self.n_codes * self.epsilon) * total
         self.embeddings.copy_(self.embedding_sum / smoothed[:, None])
-        dead = self.cluster_size < self.restart_threshold
-        n_dead = int(dead.sum())
-        if n_dead:
-            vectors = _broadcast(_random_rows(flat, n_dead))  # rank 0's choice, so replicas stay identical
-            self.embeddings[dead] = vectors
-            self.embedding_sum[dead] = vectors
-            self.cluster_size[dead] = 1.0
+        # Restart the dead codes without asking how many there are (a host sync every step on a GPU): every code
+        # gets a candidate, only the dead ones take it. Rank 0's candidates, so replicas stay identical.
+        dead = (self.cluster_size < self.restart_threshold)[:, None]  # (K, 1)
+        vectors = _broadcast(_random_rows(flat, self.n_codes))
+        self.embeddings.copy_(torch.where(dead, vectors, self.embeddings))
+        self.embedding_sum.copy_(torch.where(dead, vectors, self.embedding_sum))
+        self.cluster_size.copy_(torch.where(dead[:, 0], torch.ones_like(self.cluster_size), self.cluster_size))
 
 
 def _random_rows(flat: Tensor, n: int) -> Tensor:

@@ -26,16 +26,10 @@ log = logging.getLogger(__name__)
 
 def bench_cache_read(config: dict[str, Any], run) -> dict[str, Any]:
     """Volumes per second read from the cache vs straight from the ``.nii.gz`` files, on the same volumes."""
-    import pandas as pd
-
-    from brainlearn.data.cache import Cache, build_cache
+    from brainlearn.data.cache import Cache
     from brainlearn.data.cache_bench import benchmark_cache_read
 
-    paths = write_benchmark_volumes(run.root / "inputs", n=config["n"], size=config["size"])
-    table = pd.DataFrame(
-        {"participant_id": [f"sub-{i:03d}" for i in range(len(paths))], "session_id": "ses-01", "t1": paths}
-    )
-    build_cache(table, run.root / "cache", modalities=("t1",), dtype=config["dtype"], canonical=True, progress=False)
+    table = benchmark_cache(config, run)
     result = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=config["repeats"])
     rows = [
         ("NIfTI (.nii.gz) read, reoriented, float32", result["direct_volumes_per_s"], 1.0),
@@ -56,8 +50,7 @@ def bench_cache_read(config: dict[str, Any], run) -> dict[str, Any]:
         "|---|---|---|",
         *[f"| {name} | {rate:.1f} | {ratio:.1f}× |" for name, rate, ratio in rows],
     ]
-    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
-    log.info("\n%s", "\n".join(lines))
+    write_report(run, lines)
     return {f"bench/cache-read/{key}": value for key, value in result.items()}
 
 
@@ -68,32 +61,17 @@ def bench_loader(config: dict[str, Any], run) -> dict[str, Any]:
     The rate to compare with what a model consumes (``brainlearn bench --method M``'s volumes/s at the same size):
     a loader slower than the model leaves the GPU waiting.
     """
-    import pandas as pd
-
-    from brainlearn.data.cache import Cache, build_cache
+    from brainlearn.data.cache import Cache
     from brainlearn.data.cache_bench import benchmark_loader
     from brainlearn.data.datasets import VolumeDataset
     from brainlearn.data.loaders import VolumeTransform, resolve_num_workers
 
-    paths = write_benchmark_volumes(run.root / "inputs", n=config["n"], size=config["size"])
-    table = pd.DataFrame(
-        {
-            "participant_id": [f"sub-{i:03d}" for i in range(len(paths))],
-            "session_id": "ses-01",
-            "diagnosis": ["CN", "AD"] * (len(paths) // 2) + ["CN"] * (len(paths) % 2),
-            "split": "train",
-            "t1": paths,
-        }
-    )
-    cache = run.root / "cache"
-    build_cache(table, cache, modalities=("t1",), dtype=config["dtype"], canonical=True, progress=False)
-    dataset = VolumeDataset(Cache(cache), transform=VolumeTransform(augment=True, shift=4))
+    table = benchmark_cache(config, run)
+    dataset = VolumeDataset(Cache(run.root / "cache"), transform=VolumeTransform(augment=True, shift=4))
     workers = sorted({0, resolve_num_workers(config["num_workers"])})
     batch = config["batch"] or 2
-    rows = [
-        benchmark_loader(dataset, batch_size=batch, num_workers=n, batches=config["repeats"] * len(paths) // batch)
-        for n in workers
-    ]
+    batches = max(1, config["repeats"] * len(table) // batch)  # each volume about ``repeats`` times
+    rows = [benchmark_loader(dataset, batch_size=batch, num_workers=n, batches=batches) for n in workers]
     shape = "×".join(str(n) for n in _benchmark_shape(config["size"]))
     lines = [
         f"# loader benchmark: {config['n']} cached volumes of {shape} voxels, batch {batch}, flip and shift",
@@ -105,12 +83,38 @@ def bench_loader(config: dict[str, Any], run) -> dict[str, Any]:
         "|---|---|---|---|",
         *[f"| {r['workers']} | {r['pinned']} | {r['volumes_per_s']:.1f} | {r['startup_s']:.2f} |" for r in rows],
     ]
-    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
-    log.info("\n%s", "\n".join(lines))
+    write_report(run, lines)
     best = max(rows, key=lambda r: r["volumes_per_s"])
     return {"bench/loader/volumes_per_s": best["volumes_per_s"], "bench/loader/workers": best["workers"]} | {
         f"bench/loader/volumes_per_s_{r['workers']}_workers": r["volumes_per_s"] for r in rows
     }
+
+
+def benchmark_cache(config: dict[str, Any], run):
+    """A cache of ``config['n']`` benchmark T1 volumes (:func:`write_benchmark_volumes`) in ``run.root / "cache"``,
+    all in the training split with alternating CN / AD labels; returns its table."""
+    import pandas as pd
+
+    from brainlearn.data.cache import build_cache
+
+    paths = write_benchmark_volumes(run.root / "inputs", n=config["n"], size=config["size"])
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:03d}" for i in range(len(paths))],
+            "session_id": "ses-01",
+            "diagnosis": [("CN", "AD")[i % 2] for i in range(len(paths))],
+            "split": "train",
+            "t1": paths,
+        }
+    )
+    build_cache(table, run.root / "cache", modalities=("t1",), dtype=config["dtype"], canonical=True, progress=False)
+    return table
+
+
+def write_report(run, lines: list[str]) -> None:
+    """Write the Markdown ``lines`` to ``run.root / "bench.md"`` (atomically) and log them."""
+    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
+    log.info("\n%s", "\n".join(lines))
 
 
 def write_benchmark_volumes(folder: Path, *, n: int, size: int, seed: int = 0) -> list[str]:
@@ -182,8 +186,7 @@ def bench_cohort(config: dict[str, Any], run) -> dict[str, Any]:
         f"| {report.n_subjects} | {total:.1f} | {setup:.1f} | {result['subjects_per_s']:.2f} | "
         f"{peak_mb['main']:.0f} / {peak_mb['workers']:.0f} |",
     ]
-    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
-    log.info("\n%s", "\n".join(lines))
+    write_report(run, lines)
     shutil.rmtree(folder, ignore_errors=True)
     return {f"bench/cohort/{key}": value for key, value in result.items()}
 
@@ -228,8 +231,7 @@ def bench_preprocess(config: dict[str, Any], run) -> dict[str, Any]:
         "",
         f"registration similarity to the template: {result.qc.get('similarity', float('nan')):.3f}",
     ]
-    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
-    log.info("\n%s", "\n".join(lines))
+    write_report(run, lines)
     return {f"bench/preprocess/seconds_{k}": v for k, v in seconds.items()} | {
         "bench/preprocess/similarity": result.qc.get("similarity")
     }
@@ -302,7 +304,7 @@ def _run_all(config: dict[str, Any], run) -> dict[str, Any]:
         "",
         *sections,
     ]
-    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
+    write_report(run, lines)
     write_json(run.root / "bench.json", {"method": "all", "config": config, "results": metrics})
     log.info("look at: %s", run.root / "bench.md")
     return metrics

@@ -35,7 +35,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from brainlearn.atomic import write_text
 from brainlearn.errors import BrainlearnError
 from brainlearn.fast import autocast, compile_networks, relative_error, round_to_bf16, to_channels_last
 
@@ -727,8 +726,9 @@ def _write_table(run, name: str, method: Method, config: dict[str, Any], rows, t
     lines.append(
         f"| {TOLERANCE_ARM} | | | | | | | | {tolerance['output_error']:.1e} | {_maybe(tolerance['gradient_error'])} | |"
     )
-    write_text(run.root / "bench.md", "\n".join(lines) + "\n")
-    log.info("\n%s", "\n".join(lines))
+    from brainlearn.bench import write_report
+
+    write_report(run, lines)
 
 
 def _maybe(value: float) -> str:

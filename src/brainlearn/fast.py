@@ -48,11 +48,15 @@ def autocast(device: torch.device | str, enabled: bool, dtype: torch.dtype = tor
     return torch.autocast(device_type, dtype=dtype)
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` is a CUDA GPU that computes in bf16 natively (Ampere or newer): where bf16 is the default."""
+    return torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def inference_autocast(device: torch.device | str):
-    """bf16 autocast for inference on a CUDA GPU with native bf16 — what ``precision: auto`` trains and validates
-    with there — and plain float32 everywhere else (the CPU results stay exactly as they were)."""
-    device = torch.device(device)
-    return autocast(device, device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False))
+    """bf16 autocast for inference on a GPU with native bf16 (:func:`native_bf16`) — what ``precision: auto`` trains
+    and validates with there — and plain float32 everywhere else (the CPU results stay exactly as they were)."""
+    return autocast(device, native_bf16(device))
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
@@ -150,28 +154,3 @@ def relative_error(fast: Tensor, reference: Tensor) -> float:
     if norm == 0:
         return 0.0 if difference == 0 else float("inf")
     return float(difference / norm)
-
-
-def gradient_error(fast: nn.Module, reference: nn.Module) -> float:
-    """:func:`relative_error` of all of ``fast``'s parameter gradients, as one vector, against ``reference``'s.
-
-    One norm over every gradient: a single small parameter's gradient (a bias, a temperature) carries little weight,
-    as it does in the update. Parameters without a gradient in both networks are left out.
-
-    Raises:
-        BrainlearnError: the networks' parameters differ, or a gradient exists in one network only.
-    """
-    reference_parameters = dict(reference.named_parameters())
-    fast_grads, reference_grads = [], []
-    for name, parameter in fast.named_parameters():
-        if name not in reference_parameters:
-            raise BrainlearnError(f"gradient_error: parameter {name!r} is missing from the reference network.")
-        other = reference_parameters[name]
-        if (parameter.grad is None) != (other.grad is None):
-            raise BrainlearnError(f"gradient_error: {name!r} has a gradient in one network only.")
-        if parameter.grad is not None:
-            fast_grads.append(parameter.grad.detach().double().flatten())
-            reference_grads.append(other.grad.detach().double().flatten())
-    if not fast_grads:
-        raise BrainlearnError("gradient_error: no parameter has a gradient; run backward() on both networks first.")
-    return relative_error(torch.cat(fast_grads), torch.cat(reference_grads))

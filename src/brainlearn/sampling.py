@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from brainlearn.errors import BrainlearnError
-from brainlearn.fast import autocast, compile_networks
+from brainlearn.fast import autocast, compile_networks, native_bf16
 
 log = logging.getLogger("brainlearn")
 
@@ -94,7 +94,7 @@ def load_sampler(source, *, precision: str = "fp32", compile: bool | str | None 
     if precision not in ("auto", "fp32", "bf16"):
         raise BrainlearnError(f"precision: expected auto, fp32 or bf16, not {precision!r}.")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
     module = module.eval().to(device)
     compile_networks(module.ema, compile)
     return Sampler(module, vqgan.to(device), settings, bf16=bf16)

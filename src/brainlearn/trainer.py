@@ -40,7 +40,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from brainlearn.atomic import write_json
 from brainlearn.checkpoints import LAST_NAME, AtomicCheckpointIO, checkpoint_callbacks, read_global_step
 from brainlearn.errors import BrainlearnError
-from brainlearn.fast import COMPILE_MODES, compile_networks, to_channels_last
+from brainlearn.fast import COMPILE_MODES, compile_networks, native_bf16, to_channels_last
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def choose_precision(accelerator: str, precision: str | int = "auto") -> str:
     if precision == "auto":
         if not on_cuda(accelerator):
             return "32-true"
-        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+        return "bf16-mixed" if native_bf16("cuda") else "16-mixed"
     value = _PRECISION_INPUT_STR_ALIAS_CONVERSION.get(str(precision), str(precision))
     if value not in PRECISIONS:
         choices = ", ".join(("auto", *PRECISIONS))

@@ -12,7 +12,6 @@ from brainlearn.fast import (
     adam,
     compile_networks,
     fused_supported,
-    gradient_error,
     is_channels_last,
     relative_error,
     round_to_bf16,
@@ -89,19 +88,6 @@ def test_rounding_to_bf16_moves_the_weights_by_bf16_storage_alone():
         assert a.dtype == torch.float32
         assert torch.equal(a, b.bfloat16().float())
         assert relative_error(a, b) < 2**-8
-
-
-def test_gradient_error_compares_every_gradient_as_one_vector():
-    a, b = _network(), _network()
-    x = torch.randn(1, 1, 6, 6, 6)
-    a(x).sum().backward()
-    b(x).sum().backward()
-    assert gradient_error(a, b) == 0
-    with torch.no_grad():
-        b[0].weight.grad.mul_(2)
-    assert 0 < gradient_error(a, b) < 1
-    with pytest.raises(BrainlearnError, match="run backward"):
-        gradient_error(_network(), _network())
 
 
 def test_compile_modes_are_checked_and_false_leaves_the_module_alone():

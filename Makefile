@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean real-heads
+.PHONY: demo test bench lint install clean real-heads browser
 
 install: $(STAMP)
 
@@ -26,7 +26,13 @@ real-heads:
 		apt-get update -qq && apt-get install -y -qq mricron-data >/dev/null; } || \
 		echo "note: $(COLIN27) missing and apt unavailable; its tests will be skipped (never in CI)"
 
-test: $(STAMP) real-heads
+# Debian's chromium and chromium-driver: the report's browser tests open pages in headless Chromium (selenium).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "note: chromium or chromedriver missing and apt unavailable; the browser tests will be skipped (never in CI)"
+
+test: $(STAMP) real-heads browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from brainlearn import __version__
 from brainlearn.errors import BrainlearnError
 
 log = logging.getLogger("brainlearn")
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # KEY=VALUE (a path such as runs/a=b/ has a slash before the =)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,10 @@ def _add_work_command(subparsers, command: Command) -> None:
     sub.add_argument("--overwrite", action="store_true", help="continue in --out even if its saved config differs")
     for flag, key, kwargs in command.options:
         kwargs = {"metavar": key.split(".")[-1].upper(), **kwargs} if "choices" not in kwargs else kwargs
-        sub.add_argument(flag, dest=_dest(key), default=None, **kwargs)
+        if flag.startswith("-"):
+            sub.add_argument(flag, dest=_dest(key), default=None, **kwargs)
+        else:  # a positional (report's RUN_DIRs); KEY=VALUE items it swallows are moved to the overrides
+            sub.add_argument(_dest(key), default=None, **kwargs)
     sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     sub.set_defaults(handler=lambda args: _run_work_command(command, args))
@@ -124,6 +129,11 @@ def _run_work_command(command: Command, args: argparse.Namespace) -> int:
     from brainlearn.runs import Run
 
     flags = {key: getattr(args, _dest(key)) for _, key, _ in command.options}
+    for flag, key, _ in command.options:
+        if not flag.startswith("-") and flags[key]:
+            overrides = [item for item in flags[key] if _OVERRIDE.match(item)]
+            flags[key] = [item for item in flags[key] if not _OVERRIDE.match(item)] or None
+            args.overrides = [*overrides, *args.overrides]
     if args.out is not None:
         flags["out"] = args.out
     flags = {key: value for key, value in flags.items() if value is not None}

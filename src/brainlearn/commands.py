@@ -444,6 +444,7 @@ COMMANDS = (
 from brainlearn.commands_explain import EXPLAIN_COMMANDS  # noqa: E402
 from brainlearn.commands_generation import GENERATION_COMMANDS  # noqa: E402
 from brainlearn.commands_pretrain import PRETRAIN_COMMANDS  # noqa: E402
+from brainlearn.commands_report import REPORT_COMMAND  # noqa: E402
 from brainlearn.commands_segment import SEGMENT_COMMANDS  # noqa: E402
 from brainlearn.commands_synthesis import SYNTHESIS_COMMANDS  # noqa: E402
 from brainlearn.commands_synthesize import SYNTHESIZE_COMMAND  # noqa: E402
@@ -462,4 +463,5 @@ COMMANDS = (
     *GENERATION_COMMANDS,
     *EXPERIMENT_COMMANDS,
     *EXPLAIN_COMMANDS,
+    REPORT_COMMAND,
 )

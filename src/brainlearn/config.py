@@ -203,8 +203,16 @@ def _resolve_paths(data: dict, path_keys: set[str], base: Path, prefix: str = ""
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
             _resolve_paths(value, path_keys, base, f"{dotted}.")
-        elif dotted in path_keys and isinstance(value, str) and value and not Path(value).is_absolute():
-            data[key] = str(base / value)
+        elif dotted in path_keys and isinstance(value, list):  # a list of paths (report's runs)
+            data[key] = [_relative_to(base, item) for item in value]
+        elif dotted in path_keys:
+            data[key] = _relative_to(base, value)
+
+
+def _relative_to(base: Path, value: Any) -> Any:
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str(base / value)
+    return value
 
 
 def _plain(value: Any) -> Any:

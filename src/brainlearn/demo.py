@@ -15,8 +15,9 @@
    brain-age network's feature space, and a few AD volumes sampled from it;
 9. explanation maps of step 4's models (Grad-CAM and AwareNet's attention for the classifier, Grad-CAM and
    document 004's noise model for brain age), population maps, atlas regions ranked, each map scored against the
-   cohort's truth (where atrophy was applied; the structures that change most with age).
-The report stage extends this demo when it lands.
+   cohort's truth (where atrophy was applied; the structures that change most with age);
+10. the HTML report of every run above (``brainlearn report``): metrics with intervals, curves, figures and a 3D
+   viewer of the masks, synthesized PET, maps and samples, in ``report/index.html``, the last line printed.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
     )
     montage = save_cohort_montage(cohort_dir, report.table, run.figures / "cohort_montage.png")
     effects = measured_effects(read_truths(cohort_dir, report.table))
-    log.info("step 1/9: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
+    log.info("step 1/10: cohort of %d subjects in %.0f s: %s", report.n_subjects, report.seconds, cohort_dir)
     for diagnosis in ("CN", "MCI", "AD"):
         if f"cohort/{diagnosis}/n" in effects:
             log.info(
@@ -54,12 +55,12 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
 
     table = read_bids(cohort_dir)
     table_path = write_table(table, run.root / "participants.tsv")
-    log.info("step 2/9: participants table (splits by participant): %s", table_path)
+    log.info("step 2/10: participants table (splits by participant): %s", table_path)
 
     cached = build_cache(table, run.root / "cache", modalities=("t1", "pet"), dtype="float16", progress=True)
     speed = benchmark_cache_read(table, Cache(run.root / "cache"), modality="t1", repeats=2)
     log.info(
-        "step 3/9: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
+        "step 3/10: cached T1 + PET of %d subjects; reads %.0f× faster than the .nii.gz files",
         cached.n_volumes,
         speed["ratio"],
     )
@@ -92,13 +93,30 @@ def run_demo(config: dict[str, Any], run) -> dict[str, Any]:
         "         %s (importance maps, population maps over the MNI template, regions.tsv, scores vs the truth)",
         run.root / "explain",
     )
-    return {
-        **effects,
-        "demo/cohort_seconds": report.seconds,
-        "demo/cached": cached.n_volumes,
-        **{f"demo/cache_read/{key}": value for key, value in speed.items()},
-        **trained,
-    }
+    metrics = run.write_metrics(  # before the report, which shows them
+        {
+            **effects,
+            "demo/cohort_seconds": report.seconds,
+            "demo/cached": cached.n_volumes,
+            **{f"demo/cache_read/{key}": value for key, value in speed.items()},
+            **trained,
+        }
+    )
+    return metrics | _report(run)
+
+
+def _report(run) -> dict[str, Any]:
+    """Step 10: the report of the demo folder, and its path as the last thing to look at."""
+    from brainlearn.errors import BrainlearnError
+
+    out = run.root / "report"
+    try:
+        result = _sub_run("report", {"runs": [str(run.root)], "out": str(out)}, [])
+    except BrainlearnError as error:
+        log.warning("step 10/10: no report: %s", error)
+        return {}
+    log.info("step 10/10: open the report in a browser: %s", (out / "index.html").resolve())
+    return {f"demo/{key}": value for key, value in result.items()}
 
 
 def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
@@ -136,10 +154,10 @@ def _train_models(run, config: dict[str, Any]) -> dict[str, Any]:
         try:
             result = _sub_run(f"train {name}", flags, overrides)
         except BrainlearnError as error:  # e.g. a cohort too small to hold both classes in every split
-            log.warning("step 4/9: %s not trained: %s (generate more subjects)", name, error)
+            log.warning("step 4/10: %s not trained: %s (generate more subjects)", name, error)
             continue
         metrics |= {f"demo/{name}/{key}": value for key, value in result.items() if key.startswith("test/")}
-        log.info("step 4/9: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
+        log.info("step 4/10: %s trained and evaluated: %s", name, run.root / name / "evaluation" / "test")
     later = _segment_lesions(run, config) | _label_efficiency(run, config) | _synthesis(run, config)
     return metrics | later | _generation(run, config) | _explanations(run, config)
 
@@ -171,9 +189,9 @@ def _segment_lesions(run, config: dict[str, Any]) -> dict[str, Any]:
     try:
         result = _sub_run("train segment", flags, overrides)
     except BrainlearnError as error:
-        log.warning("step 5/9: lesions not segmented: %s (generate more subjects)", error)
+        log.warning("step 5/10: lesions not segmented: %s (generate more subjects)", error)
         return {}
-    log.info("step 5/9: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
+    log.info("step 5/10: lesions segmented: %s", run.root / "segment" / "evaluation" / "test")
     return {f"demo/segment/{key}": value for key, value in result.items() if key.startswith("test/")}
 
 
@@ -205,10 +223,10 @@ def _label_efficiency(run, config: dict[str, Any]) -> dict[str, Any]:
         try:
             result |= _sub_run(name, flags, [*common, *overrides])
         except BrainlearnError as error:
-            log.warning("step 6/9: %s not run: %s (generate more subjects)", name, error)
+            log.warning("step 6/10: %s not run: %s (generate more subjects)", name, error)
             return {}
     log.info(
-        "step 6/9: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
+        "step 6/10: pretrained and compared: %s", run.root / "label-efficiency" / "figures" / "label_efficiency.png"
     )
     return {f"demo/{key}": value for key, value in result.items() if key.startswith("label_efficiency/")}
 
@@ -219,7 +237,7 @@ def _synthesis(run, config: dict[str, Any]) -> dict[str, Any]:
     from brainlearn.errors import BrainlearnError
 
     if not (run.root / "classify" / "selection.json").exists():
-        log.warning("step 7/9: skipped: step 4 trained no classifier to join")
+        log.warning("step 7/10: skipped: step 4 trained no classifier to join")
         return {}
     quiet = ["trainer.progress_bar=false", "trainer.patience=null", f"evaluate.n_bootstrap={config['n_bootstrap']}"]
     # 4 mm volumes are small enough to train on whole (stage 2 settings): crops of them (stage 1) would teach the
@@ -238,9 +256,9 @@ def _synthesis(run, config: dict[str, Any]) -> dict[str, Any]:
         flags = {"checkpoint": str(root / "joint"), "table": str(held_out), "out": str(root / "synthesized")}
         synthesized = _sub_run("synthesize", flags, [])
     except BrainlearnError as error:
-        log.warning("step 7/9: not run: %s (generate more subjects)", error)
+        log.warning("step 7/10: not run: %s (generate more subjects)", error)
         return {}
-    log.info("step 7/9: ShareGAN and joint model trained, PET synthesized: %s", root / "joint" / "evaluation" / "test")
+    log.info("step 7/10: ShareGAN and joint model trained, PET synthesized: %s", root / "joint" / "evaluation" / "test")
     metrics = {f"demo/joint/{key}": value for key, value in result.items() if key.startswith("test/")}
     return metrics | {"demo/synthesized": synthesized.get("synthesize/n", 0)}
 
@@ -274,9 +292,9 @@ def _generation(run, config: dict[str, Any]) -> dict[str, Any]:
         flags = {"checkpoint": str(root / "diffusion"), "out": str(root / "samples")}
         _sub_run("sample", flags, ["n=4", "steps=20", "diagnosis=AD", "age=75"])
     except BrainlearnError as error:
-        log.warning("step 8/9: not run: %s (generate more subjects)", error)
+        log.warning("step 8/10: not run: %s (generate more subjects)", error)
         return {}
-    log.info("step 8/9: VQ-GAN and latent diffusion trained, AD volumes sampled: %s", root / "samples")
+    log.info("step 8/10: VQ-GAN and latent diffusion trained, AD volumes sampled: %s", root / "samples")
     return {f"demo/generation/{key}": value for key, value in scores.items()}
 
 
@@ -301,15 +319,15 @@ def _explanations(run, config: dict[str, Any]) -> dict[str, Any]:
             try:
                 result = _sub_run(f"explain {method}", flags, [*common, *overrides])
             except BrainlearnError as error:
-                log.warning("step 9/9: %s of %s not made: %s", method, model, error)
+                log.warning("step 9/10: %s of %s not made: %s", method, model, error)
                 continue
             metrics |= {f"demo/explain/{model}/{key.removeprefix('explain/')}": v for key, v in result.items()}
     if metrics:
-        log.info("step 9/9: explanation maps of the classifier and the brain-age model: %s", run.root / "explain")
+        log.info("step 9/10: explanation maps of the classifier and the brain-age model: %s", run.root / "explain")
     return metrics
 
 
-def _sub_run(name: str, flags: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+def _sub_run(name: str, flags: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Run the command ``name`` (e.g. ``"train joint"``) into ``flags['out']``; its metrics."""
     from brainlearn.commands import COMMANDS
     from brainlearn.config import load_config

@@ -147,35 +147,6 @@ def test_bench_sharegan_times_its_ladder_of_arms(tmp_path, capsys):
     assert "--size must be a multiple of 16 and at least 32 (the generator halves" in capsys.readouterr().err
 
 
-def test_demo_runs_on_a_tiny_cohort(tmp_path):
-    assert run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1", "n_bootstrap=100") == 0
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert metrics["demo/cached"] == 24
-    assert "demo/classify/test/roc_auc" in metrics and "demo/brain-age/test/mae" in metrics
-    assert (tmp_path / "demo" / "classify" / "evaluation" / "test" / "confusion.png").exists()
-    assert "demo/segment/test/dice" in metrics
-    for arm in ("scratch", "pretrained"):  # step 6: SimCLR, then both arms at 10 % and 100 % of the labels
-        assert {f"demo/label_efficiency/{arm}/{f}/roc_auc" for f in (10, 100)} <= set(metrics)
-    assert (tmp_path / "demo" / "label-efficiency" / "figures" / "label_efficiency.png").exists()
-    assert (tmp_path / "demo" / "pretrain" / "checkpoints" / "best.ckpt").exists()
-    assert list((tmp_path / "demo" / "segment" / "evaluation" / "test" / "masks").glob("*_lesions.nii.gz"))
-    assert metrics["cohort/jacobian_min"] > 0
-    assert (tmp_path / "demo" / "figures" / "cohort_montage.png").stat().st_size > 10_000
-    assert (tmp_path / "demo" / "joint" / "evaluation" / "test" / "synthesis.png").exists()
-    assert "demo/joint/test/both/roc_auc" in metrics and "demo/joint/test/ssim" in metrics
-    synthesized = pd.read_csv(tmp_path / "demo" / "synthesized" / "synthesized.tsv", sep="\t")
-    assert (synthesized["status"] == "synthesized").sum() == metrics["demo/synthesized"] > 0
-    assert len(list((tmp_path / "demo" / "samples").glob("*_t1.nii.gz"))) == 4  # step 8: AD volumes sampled
-    assert "demo/generation/test/samples/diversity_ms_ssim" in metrics
-    explain = tmp_path / "demo" / "explain"  # step 9: maps of both models, scored against the cohort's truth
-    for folder in ("classify-gradcam", "classify-attention", "brain-age-gradcam", "brain-age-noise"):
-        assert (explain / folder / "regions.tsv").exists() and list((explain / folder / "maps").glob("*.nii.gz"))
-    assert 0 <= metrics["demo/explain/brain-age/noise/auc/ageing"][0] <= 1
-    assert (
-        run("demo", "--out", tmp_path / "demo", "subjects=24", "spacing=4", "epochs=1", "n_bootstrap=100") == 0
-    )  # resumes
-
-
 def test_cohort_command_writes_a_cohort_that_caches(tmp_path):
     out = tmp_path / "cohort"
     assert run("cohort", "--out", out, "--subjects", 4, "--spacing", 4, "--preset", "ms", "external=0") == 0

@@ -1,5 +1,6 @@
 """The report's 3D viewer in headless Chromium: NiiVue draws our volumes, switches items, and degrades clearly."""
 
+import io
 import json
 import shutil
 import time
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import drawn_fraction, open_page
 
-from brainlearn.report.viewer import NIIVUE_FILE, niivue_script, viewer_script, write_volume
+from brainlearn.report.viewer import NIIVUE_FILE, focus_point, niivue_script, viewer_script, write_volume
 
 
 def _head(tmp_path):
@@ -42,6 +43,19 @@ def _page(tmp_path, items, *, keys, niivue=True):
     return tmp_path / "index.html"
 
 
+def _thirds(canvas):
+    """The multiplanar view's three panels (axial, coronal, sagittal side by side) as RGB arrays."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot_as_png)).convert("RGB")).astype(int)
+    width = pixels.shape[1] // 3
+    return [pixels[:, i * width : (i + 1) * width] for i in range(3)]
+
+
+def _red_fraction(pixels):
+    return float(np.mean((pixels[..., 0] > 150) & (pixels[..., 1] < 140) & (pixels[..., 2] < 140)))
+
+
 @pytest.fixture
 def volumes(tmp_path):
     if niivue_script() is None:
@@ -53,8 +67,10 @@ def volumes(tmp_path):
 
 
 def test_the_viewer_draws_an_image_with_its_overlay_and_switches_items(volumes, browser):
+    overlay = [{"key": "v0"}, {"key": "v1", "colormap": "red", "opacity": 0.6}]
+    focus = focus_point(volumes / "mask.nii.gz", "mask")  # off the volume's centre, where the crosshair starts
     items = [
-        {"title": "T1 + lesion", "layers": [{"key": "v0"}, {"key": "v1", "colormap": "red", "opacity": 0.6}]},
+        {"title": "T1 + lesion", "layers": overlay, "focus_mm": focus},
         {"title": "mask alone", "layers": [{"key": "v1", "colormap": "green"}]},
     ]
     index = _page(volumes, items, keys=["v0", "v1"])
@@ -64,6 +80,7 @@ def test_the_viewer_draws_an_image_with_its_overlay_and_switches_items(volumes, 
     canvas = browser.find_element("css selector", ".viewer canvas")
     both = drawn_fraction(canvas)
     assert both > 0.05
+    assert all(_red_fraction(third) > 0.002 for third in _thirds(canvas))  # the lesion in all three planes
     assert browser.execute_script("return document.querySelectorAll('.viewer-select option').length") == 2
     browser.execute_script(
         "const s = document.querySelector('.viewer-select'); s.value = '1'; s.dispatchEvent(new Event('change'))"

@@ -128,13 +128,21 @@ class _Assets:
         return items
 
     def _item(self, item: ViewerItem) -> dict:
+        from brainlearn.report.viewer import focus_point
+
         layers = []
         for layer in item.layers:
             shown = {"key": self._volume(layer.path, layer.kind), "colormap": layer.colormap, "opacity": layer.opacity}
             if layer.cal_min is not None:
                 shown |= {"cal_min": layer.cal_min, "cal_max": layer.cal_max}
             layers.append(shown)
-        return {"title": item.title, "layers": layers}
+        shown = {"title": item.title, "layers": layers}
+        base = item.layers[0].path if item.layers and item.layers[0].kind == "image" else None
+        for layer in reversed(item.layers):  # the crosshair starts on the top overlay: the lesion, the map's peak
+            focus = focus_point(layer.path, layer.kind, within=base if layer.path != base else None)
+            if focus is not None:
+                return shown | {"focus_mm": focus}
+        return shown
 
     def _volume(self, source: Path, kind: str) -> str:
         from brainlearn.report.viewer import write_volume

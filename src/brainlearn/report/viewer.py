@@ -81,6 +81,36 @@ def write_volume(source: str | os.PathLike, folder: Path, key: str, *, kind: str
     return path
 
 
+def focus_point(source: str | os.PathLike, kind: str, *, within: str | os.PathLike | None = None) -> list[float] | None:
+    """Where the viewer's crosshair should start to show ``source`` (world millimetres), None if it is empty.
+
+    A mask: its labelled voxel nearest to the labels' centre of mass (inside the lesion, even a crescent-shaped
+    one). A map: its largest finite value, only among the voxels where the image ``within`` (the scan under the
+    map, on the same grid) is above its minimum, so that a peak in the background around a head does not win.
+    An image: None (the viewer starts at the volume's centre).
+    """
+    if kind == "image":
+        return None
+    array, affine = _read(Path(source), kind)
+    if kind == "mask":
+        voxels = np.argwhere(array > 0)
+        if len(voxels) == 0:
+            return None
+        centre = voxels.mean(axis=0)
+        voxel = voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]
+    else:
+        if within is not None:
+            scan = read_image(within).array
+            low = float(scan.min())
+            head = scan > low + 0.2 * (float(np.percentile(scan, 99)) - low)
+            if scan.shape == array.shape and np.any(head):
+                array = np.where(head, array, 0)
+        if not np.any(array != 0):
+            return None
+        voxel = np.unravel_index(int(np.argmax(array)), array.shape)
+    return [round(float(v), 3) for v in (affine @ np.append(np.asarray(voxel, dtype=np.float64), 1.0))[:3]]
+
+
 def _read(source: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """The voxels as the viewer stores them (uint8 labels for masks, float32 otherwise) and the affine."""
     if kind == "mask":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from brainlearn.errors import BrainlearnError
-from brainlearn.report.viewer import niivue_script, viewer_script, write_volume
+from brainlearn.report.viewer import focus_point, niivue_script, viewer_script, write_volume
 
 
 def _decode(script_path):
@@ -106,3 +106,24 @@ def test_the_package_carries_the_pinned_niivue_bundle_and_the_viewer_script():
     notice = (script.parent / "NIIVUE_LICENSE.txt").read_text()
     assert notice.startswith("NiiVue 0.69.0") and "BSD 2-Clause" in notice
     assert "brainlearnVolumes" in viewer_script().read_text()
+
+
+def test_the_crosshair_starts_inside_a_mask_and_on_a_map_peak_in_world_millimetres(tmp_path):
+    crescent = np.zeros((20, 20, 20), np.uint8)
+    crescent[4:16, 4:7, 8:10] = 1  # an L: its centre of mass (about 7.3, 7.0) lies outside it
+    crescent[4:7, 4:16, 8:10] = 1
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-20, -20, -20]
+    point = focus_point(_save(tmp_path / "m.nii.gz", crescent, affine), "mask")
+    voxel = np.round((np.asarray(point) + 20) / 2).astype(int)
+    assert crescent[tuple(voxel)] == 1
+    peak = np.zeros((20, 20, 20), np.float32)
+    peak[3, 15, 9] = 0.9
+    assert focus_point(_save(tmp_path / "p.nii.gz", peak, affine), "map") == [-14.0, 10.0, -2.0]
+    head = np.zeros((20, 20, 20), np.float32)
+    head[5:15, 5:15, 5:15] = 100
+    peak[10, 11, 12] = 0.5  # the largest value inside the head
+    _save(tmp_path / "p.nii.gz", peak, affine)
+    assert focus_point(tmp_path / "p.nii.gz", "map", within=_save(tmp_path / "h.nii.gz", head, affine)) == [0, 2, 4]
+    assert focus_point(_save(tmp_path / "e.nii.gz", np.zeros((8, 8, 8), np.uint8), affine), "mask") is None
+    assert focus_point(tmp_path / "p.nii.gz", "image") is None

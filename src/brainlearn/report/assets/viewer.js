@@ -6,7 +6,9 @@
  *
  * The page holds, for each viewer:
  *   <div class="viewer" data-items='[{"title": "...", "layers": [{"key": "v3", "colormap": "gray", "opacity": 1},
- *        {"key": "v4", "colormap": "red", "opacity": 0.6, "cal_min": 0.5, "cal_max": 1}]}, ...]'>
+ *        {"key": "v4", "colormap": "red", "opacity": 0.6, "cal_min": 0.5, "cal_max": 1}],
+ *        "focus_mm": [12.5, -30, 8]}, ...]'>
+ * (focus_mm, optional: where the crosshair starts, in world millimetres)
  *     <select class="viewer-select"></select> <canvas class="viewer-canvas"></canvas> <p class="viewer-status"></p>
  *   </div>
  * and loads, in this order: niivue.umd.js, the viewer/<key>.js scripts, viewer.js.
@@ -110,6 +112,10 @@
     images.forEach(function (image) {
       nv.addVolume(image);
     });
+    if (Array.isArray(item.focus_mm) && item.focus_mm.length === 3) {
+      nv.scene.crosshairPos = nv.mm2frac(item.focus_mm); // on the lesion or the map's peak, not the volume's centre
+      nv.updateGLVolume();
+    }
     setState(viewer.div, "ready", "");
   }
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from brainlearn.atomic import atomic_path
 from brainlearn.errors import BrainlearnError
 
 MAX_PANELS = 9
@@ -44,11 +43,9 @@ def curve_panels(csv_path: str | os.PathLike) -> tuple[str, dict[str, dict[str, 
 
 def save_training_curves(csv_path: str | os.PathLike, path: str | os.PathLike, *, dpi: int = 100) -> Path | None:
     """Draw the panels of :func:`curve_panels` into ``path`` (PNG); None when the log holds no numbers yet."""
-    import matplotlib
+    from brainlearn.report.evaluation import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     x_label, panels = curve_panels(csv_path)
     if not panels:
         return None
@@ -64,9 +61,4 @@ def save_training_curves(csv_path: str | os.PathLike, path: str | os.PathLike, *
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=dpi, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi)

@@ -51,7 +51,7 @@ def save_confusion_matrix(
     axis.set_yticks(ticks, [str(name) for name in classes])
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def save_roc(
@@ -93,7 +93,7 @@ def save_roc(
     axis.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="chance")
     axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 − specificity", ylabel="sensitivity", aspect="equal")
     axis.legend(loc="lower right", fontsize=8)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def save_brain_age_scatter(
@@ -119,7 +119,7 @@ def save_brain_age_scatter(
     axis.set(xlabel="age (years)", ylabel="predicted age (years)", title=f"MAE {mae:.2f} years (n = {len(age)})")
     axis.set_aspect("equal", adjustable="datalim")
     axis.legend(loc="upper left", fontsize=8)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def metrics_table(results: Mapping[str, Sequence[float]], *, confidence: float = 0.95) -> str:
@@ -153,7 +153,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike, dpi: int) -> Path:
+def save_figure(fig, path: str | os.PathLike, dpi: int) -> Path:
     """Write ``fig`` as a PNG to ``path`` atomically and close it."""
     plt = _pyplot()
     path = Path(path)

@@ -25,7 +25,7 @@ SETTLED = ("ready", "error", "unavailable")
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(tmp_path_factory):
     """One headless Chromium for the session, its console log kept at every level."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
     try:
@@ -48,9 +48,16 @@ def browser():
         "--enable-unsafe-swiftshader",
         "--ignore-gpu-blocklist",
         "--allow-file-access-from-files",
+        # no background traffic: the machines here and in CI reach only package registries
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--no-first-run",
         f"--window-size={WINDOW[0]},{WINDOW[1]}",
     ):
         options.add_argument(argument)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")  # a new, empty profile
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(LOAD_TIMEOUT_S)

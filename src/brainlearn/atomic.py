@@ -60,6 +60,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes that a killed process left under ``folder``; return them.
+
+    A temporary file carries its writer's process id (``.partial-<pid>-name``); one whose process no longer runs
+    on this machine is debris. Files of running processes are kept (two runs writing into one folder at once are
+    not supported, but one must not break the other).
+    """
+    removed = []
+    for path in Path(folder).rglob(f"{PARTIAL_PREFIX}*"):
+        pid = path.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        try:
+            path.unlink()
+        except OSError:  # gone already, or not ours to delete: leave it
+            continue
+        removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

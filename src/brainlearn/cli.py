@@ -145,11 +145,26 @@ def _run_work_command(command: Command, args: argparse.Namespace) -> int:
         return 0
     root = command.run_folder(config) if command.run_folder else config["out"]
     with Run(root, command.full_name, config, overwrite=args.overwrite) as run:
+        _seed(config)
         metrics = command.run(config, run)
         if metrics:
             run.write_metrics(metrics)
         log.info("run folder: %s", run.root)
     return 0
+
+
+def _seed(config: dict) -> None:
+    """Seed every random stream from the config's seed before the command builds anything.
+
+    Networks draw their initial weights when they are built, before the trainer exists: without this, two runs
+    of one config would start from different weights.
+    """
+    trainer = config.get("trainer")
+    seed = trainer.get("seed") if isinstance(trainer, dict) else config.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        from lightning.fabric.utilities.seed import seed_everything
+
+        seed_everything(seed, workers=True, verbose=False)
 
 
 def _dest(key: str) -> str:

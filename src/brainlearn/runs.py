@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from brainlearn.atomic import write_error, write_json, write_text
+from brainlearn.atomic import remove_stale_partials, write_error, write_json, write_text
 from brainlearn.config import dump_config
 from brainlearn.errors import BrainlearnError
 
@@ -125,6 +125,8 @@ class Run:
                     "Pass another --out folder, or --overwrite to continue here with the new config."
                 )
             self.resumed = not differences
+            for path in remove_stale_partials(self.root):
+                log.info("%s: removed, the unfinished write of an interrupted run", path)
         write_text(self.config_path, dump_config(record))
 
     def _saved_config(self) -> dict | None:

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import lightning
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -225,3 +226,92 @@ def test_ddp_on_cpu_uses_gloo_and_writes_once(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 4
     assert (tmp_path / "rank0.txt").read_text() == "gloo 4"
     assert (tmp_path / "rank1.txt").read_text() == "gloo 4"
+
+
+class NoisyRegression(TinyRegression):
+    """TinyRegression with dropout (the global stream) and input noise from its own generators (torch and numpy)."""
+
+    def __init__(self, fail_at_step: int | None = None) -> None:
+        super().__init__(fail_at_step=fail_at_step)
+        self.dropout = torch.nn.Dropout(0.2)
+        self._torch_rng = torch.Generator().manual_seed(5)
+        self._numpy_rng = np.random.default_rng(6)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        noise = 0.1 * torch.randn(x.shape, generator=self._torch_rng) + float(self._numpy_rng.normal())
+        return F.mse_loss(self.net(self.dropout(x + noise)), y)
+
+
+def _train_noisy(run_dir: Path, settings: dict, fail_at_step: int | None = None) -> torch.Tensor:
+    from brainlearn.data.loaders import make_loader as brainlearn_loader
+
+    torch.manual_seed(0)  # the weights, drawn before the trainer seeds (the CLI seeds first too)
+    module = NoisyRegression(fail_at_step)
+    loader = brainlearn_loader(
+        make_loader().dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
+    fit(module, run_dir, {**QUIET, "checkpoint_every_n_steps": 1, **settings}, train_dataloaders=loader)
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    """Shuffle, dropout and the module's own generators continue where they were, mid-epoch and between epochs."""
+    reference = _train_noisy(tmp_path / "whole", {"max_epochs": 3})
+    with pytest.raises(RuntimeError, match="simulated crash at step 11"):
+        _train_noisy(tmp_path / "crashed", {"max_epochs": 3}, fail_at_step=11)  # in the middle of epoch 2
+    assert read_global_step(tmp_path / "crashed" / "checkpoints" / "last.ckpt") == 10
+    torch.testing.assert_close(_train_noisy(tmp_path / "crashed", {"max_epochs": 3}), reference, rtol=0, atol=0)
+
+    _train_noisy(tmp_path / "epochs", {"max_epochs": 1})
+    torch.testing.assert_close(_train_noisy(tmp_path / "epochs", {"max_epochs": 3}), reference, rtol=0, atol=0)
+    # the states travel in the checkpoint, and it still loads with weights_only=True
+    states = torch.load(tmp_path / "epochs" / "checkpoints" / "last.ckpt", weights_only=True)["random_states"]
+    assert set(states["module"]) == {"_torch_rng", "_numpy_rng"}
+
+
+EQUAL_BATCH_SCRIPT = """
+import sys
+
+import torch
+
+sys.path.insert(0, {tests!r})
+from test_trainer import equal_batch_run
+
+if __name__ == "__main__":
+    weights = equal_batch_run({run_dir!r}, devices=2, batch_size=4)
+    if weights is not None:
+        torch.save(weights, {out!r})
+"""
+
+
+def equal_batch_run(run_dir: str, *, devices: int, batch_size: int) -> torch.Tensor | None:
+    """TinyRegression for 2 shuffled epochs on ``devices`` CPU processes; rank 0's final weights."""
+    from brainlearn.data.loaders import make_loader as brainlearn_loader
+
+    torch.manual_seed(0)
+    module = TinyRegression(lr=0.05)
+    loader = brainlearn_loader(
+        make_loader().dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    settings = {**QUIET, "max_epochs": 2, "devices": devices, "strategy": "ddp" if devices > 1 else "auto"}
+    trainer = fit(module, run_dir, settings, train_dataloaders=loader)
+    return torch.cat([p.detach().flatten() for p in module.parameters()]) if trainer.is_global_zero else None
+
+
+def test_two_ddp_processes_train_as_one_with_the_same_global_batch(tmp_path):
+    """Global batch 8: one process of 8 or two of 4 (gloo) see the same items per step and end with the same weights."""
+    script = tmp_path / "equal_batch.py"
+    out = tmp_path / "ddp_weights.pt"
+    script.write_text(
+        textwrap.dedent(
+            EQUAL_BATCH_SCRIPT.format(tests=str(Path(__file__).parent), run_dir=str(tmp_path / "ddp"), out=str(out))
+        )
+    )
+    result = run_script(script, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:]
+    one = equal_batch_run(str(tmp_path / "one"), devices=1, batch_size=8)
+    two = torch.load(out, weights_only=True)
+    torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
+    steps = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["global_step"]
+    assert steps == json.loads((tmp_path / "one" / "metrics.json").read_text())["global_step"] == 16

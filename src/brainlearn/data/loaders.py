@@ -36,10 +36,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from brainlearn.data.cache import Cache
 from brainlearn.data.datasets import PairDataset, VolumeDataset
+from brainlearn.data.resumable import ResumableLoader
 from brainlearn.data.streams import WorkerStream
 from brainlearn.errors import BrainlearnError
 
@@ -326,13 +327,16 @@ def make_loader(
 
     Pinned (page-locked) batches copy to the GPU asynchronously (Lightning moves them with ``non_blocking``).
     Workers, when there are any, stay alive between epochs and each keeps :data:`PREFETCH_FACTOR` batches ready.
-    Random draws are unchanged: shuffling follows ``generator`` (the global torch stream when None, as a plain
-    DataLoader), and the transforms re-seed themselves per worker (see the module docstring).
+    Shuffling follows the seed of ``generator`` (the run's seed when None) and the epoch, and the transforms
+    re-seed themselves per worker (see the module docstring). The loader is a
+    :class:`~brainlearn.data.resumable.ResumableLoader`: its streams travel in checkpoints, so a resumed run draws
+    what the uninterrupted one would have.
 
     Args:
         dataset: items to batch (dicts of tensors and metadata).
         batch_size: items per batch.
-        shuffle: a new order every epoch (not with ``sampler``).
+        shuffle: a new order every epoch (not with ``sampler``), drawn from the seed of ``generator`` and the epoch
+            (:func:`_epoch_shuffle`).
         drop_last: leave out a last, short batch.
         num_workers: worker processes, or ``"auto"`` (:func:`resolve_num_workers`).
         sampler: draws the indices instead of ``shuffle``.
@@ -347,10 +351,11 @@ def make_loader(
     _check_batch_size(batch_size)
     workers = resolve_num_workers(num_workers)
     extra = {"persistent_workers": persistent_workers, "prefetch_factor": PREFETCH_FACTOR} if workers else {}
-    return DataLoader(
+    if shuffle and sampler is None:
+        sampler = _epoch_shuffle(dataset, generator)
+    return ResumableLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
@@ -358,6 +363,33 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         **extra,
     )
+
+
+class EpochShuffle(RandomSampler):
+    """A new order every epoch, drawn from (seed, epoch) alone: the permutation DDP splits across processes.
+
+    The order is that of :class:`~torch.utils.data.DistributedSampler` on one process. Being a
+    :class:`~torch.utils.data.RandomSampler`, Lightning swaps it for a ``DistributedSampler`` of the run's seed on
+    several processes, each taking every n-th index of the same permutation, so a global batch holds the same items
+    on 1 or n processes. Lightning calls :meth:`set_epoch` when each epoch starts; the order needs no saved state.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
+
+
+def _epoch_shuffle(dataset: Dataset, generator: torch.Generator | None) -> EpochShuffle:
+    # without a generator: the seed the run was seeded with (lightning.seed_everything), as Lightning's own sampler
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if generator is None else generator.initial_seed()
+    return EpochShuffle(dataset, seed % 2**62)
 
 
 def training_loaders(

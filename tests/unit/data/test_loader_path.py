@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from brainlearn.commands_segment import SEGMENT_COMMANDS
 from brainlearn.config import load_config
@@ -99,7 +99,10 @@ def test_make_loader_refuses_a_bad_batch_size(cache):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_make_loader_gives_the_batches_of_a_plain_dataloader(cache, workers):
-    """Same seed, same shuffle and augmentation draws, in the same order: make_loader changes only the plumbing."""
+    """Same seed, same shuffle and augmentation draws, in the same order: make_loader changes only the plumbing.
+
+    Its shuffle is a one-process DistributedSampler of the generator's seed (the order DDP splits across ranks).
+    """
     ours = make_loader(
         _train_items(cache),
         batch_size=2,
@@ -107,8 +110,10 @@ def test_make_loader_gives_the_batches_of_a_plain_dataloader(cache, workers):
         num_workers=workers,
         generator=torch.Generator().manual_seed(7),
     )
+    items = _train_items(cache)
+    sampler = DistributedSampler(items, num_replicas=1, rank=0, shuffle=True, seed=7)
     plain = DataLoader(
-        _train_items(cache), batch_size=2, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(7)
+        items, batch_size=2, sampler=sampler, num_workers=workers, generator=torch.Generator().manual_seed(7)
     )
     got, expected = list(ours), list(plain)
     assert [b["participant_id"] for b in got] == [b["participant_id"] for b in expected]
@@ -135,3 +140,64 @@ def test_benchmark_loader_with_workers(cache):
 def test_benchmark_loader_refuses_zero_batches(cache):
     with pytest.raises(BrainlearnError, match="batches must be an integer >= 1, not 0"):
         benchmark_loader(_train_items(cache), batch_size=2, num_workers=0, batches=0)
+
+
+def _ids(batches) -> list[list[str]]:
+    return [batch["participant_id"] for batch in batches]
+
+
+def _resumable(cache):
+    return make_loader(_train_items(cache), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(7))
+
+
+def test_a_loader_resumes_in_the_middle_of_an_epoch_with_the_same_draws(cache):
+    whole = _resumable(cache)
+    epochs = []
+    for epoch in range(2):
+        whole.sampler.set_epoch(epoch)
+        epochs.append(list(whole))
+    assert _ids(epochs[0]) != _ids(epochs[1])  # a new order every epoch
+
+    first = _resumable(cache)
+    first.sampler.set_epoch(0)
+    list(first)
+    first.sampler.set_epoch(1)
+    iterator = iter(first)
+    next(iterator)  # one batch of epoch 1 trained on, then the checkpoint
+    state = first.state_dict()
+    assert state["handed_out"] == 1
+
+    resumed = _resumable(cache)
+    resumed.load_state_dict(torch.load(_saved(state, cache), weights_only=True))
+    resumed.sampler.set_epoch(1)
+    rest = list(resumed)
+    assert _ids(rest) == _ids(epochs[1])[1:]
+    for a, b in zip(rest, epochs[1][1:], strict=True):
+        torch.testing.assert_close(a["image"], b["image"], rtol=0, atol=0)  # the same augmentation draws
+
+
+def test_a_loader_resumes_between_epochs_with_the_next_epochs_draws(cache):
+    whole = _resumable(cache)
+    whole.sampler.set_epoch(0)
+    list(whole)
+    state = whole.state_dict()
+    assert state["handed_out"] == 0
+    whole.sampler.set_epoch(1)
+    expected = list(whole)
+
+    resumed = _resumable(cache)
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(1)
+    got = list(resumed)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a["image"], b["image"], rtol=0, atol=0)
+    fresh = _resumable(cache)  # without the state: the seed's first draws, not epoch 1's
+    fresh.sampler.set_epoch(1)
+    assert any(not torch.equal(a["image"], b["image"]) for a, b in zip(list(fresh), expected, strict=True))
+
+
+def _saved(state, cache) -> str:
+    """``state`` through torch.save, as in a checkpoint (loaded back with weights_only=True by the caller)."""
+    path = cache.path.parent / "loader_state.pt"
+    torch.save(state, path)
+    return str(path)

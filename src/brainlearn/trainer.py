@@ -39,6 +39,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from brainlearn.atomic import write_json
 from brainlearn.checkpoints import LAST_NAME, AtomicCheckpointIO, checkpoint_callbacks, read_global_step
+from brainlearn.epoch_means import EpochMeans
 from brainlearn.errors import BrainlearnError
 from brainlearn.fast import COMPILE_MODES, compile_networks, native_bf16, to_channels_last
 from brainlearn.random_states import RandomStates
@@ -165,7 +166,7 @@ def build_trainer(run_dir: str | os.PathLike, settings: Mapping[str, Any] | None
     )
     if settings["patience"] is not None:
         callbacks.append(EarlyStopping(settings["monitor"], patience=settings["patience"], mode=settings["mode"]))
-    callbacks += [RandomStates(), *_progress_bar(settings)]
+    callbacks += [RandomStates(), EpochMeans(), *_progress_bar(settings)]
     channels_last = settings["channels_last"]
     if channels_last == "auto":
         channels_last = on_cuda(settings["accelerator"])

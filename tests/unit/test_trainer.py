@@ -240,7 +240,9 @@ class NoisyRegression(TinyRegression):
     def training_step(self, batch, batch_idx):
         x, y = batch
         noise = 0.1 * torch.randn(x.shape, generator=self._torch_rng) + float(self._numpy_rng.normal())
-        return F.mse_loss(self.net(self.dropout(x + noise)), y)
+        loss = F.mse_loss(self.net(self.dropout(x + noise)), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        return loss
 
 
 def _train_noisy(run_dir: Path, settings: dict, fail_at_step: int | None = None) -> torch.Tensor:
@@ -258,10 +260,13 @@ def _train_noisy(run_dir: Path, settings: dict, fail_at_step: int | None = None)
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     """Shuffle, dropout and the module's own generators continue where they were, mid-epoch and between epochs."""
     reference = _train_noisy(tmp_path / "whole", {"max_epochs": 3})
-    with pytest.raises(RuntimeError, match="simulated crash at step 11"):
-        _train_noisy(tmp_path / "crashed", {"max_epochs": 3}, fail_at_step=11)  # in the middle of epoch 2
-    assert read_global_step(tmp_path / "crashed" / "checkpoints" / "last.ckpt") == 10
+    for step in (11, 19):  # in the middle of epoch 2, then of the last epoch
+        with pytest.raises(RuntimeError, match=f"simulated crash at step {step}"):
+            _train_noisy(tmp_path / "crashed", {"max_epochs": 3}, fail_at_step=step)
+        assert read_global_step(tmp_path / "crashed" / "checkpoints" / "last.ckpt") == step - 1
     torch.testing.assert_close(_train_noisy(tmp_path / "crashed", {"max_epochs": 3}), reference, rtol=0, atol=0)
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "crashed")]
+    assert metrics[0]["train/loss_epoch"] == metrics[1]["train/loss_epoch"]  # the last epoch's mean, every step in it
 
     _train_noisy(tmp_path / "epochs", {"max_epochs": 1})
     torch.testing.assert_close(_train_noisy(tmp_path / "epochs", {"max_epochs": 3}), reference, rtol=0, atol=0)

@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from brainlearn.atomic import write_json
+from brainlearn.atomic import atomic_path, write_json
 from brainlearn.checkpoints import LAST_NAME, AtomicCheckpointIO, checkpoint_callbacks, read_global_step
 from brainlearn.epoch_means import EpochMeans
 from brainlearn.errors import BrainlearnError
@@ -226,7 +226,10 @@ def fit(
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
         warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")
         if ckpt_path is not None:
-            logger.info("%s: resuming from step %d", last, read_global_step(last))
+            step = read_global_step(last)
+            logger.info("%s: resuming from step %d", last, step)
+            if trainer.is_global_zero:
+                drop_rows_after(run_dir / "logs" / "metrics.csv", step)
             # Lightning warns about a non-empty checkpoint folder, which is what resuming means.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(
@@ -251,6 +254,34 @@ def write_metrics(path: Path, trainer: lightning.Trainer) -> None:
     write_json(path, metrics)
 
 
+def drop_rows_after(path: Path, step: int) -> None:
+    """Remove the rows of ``metrics.csv`` logged after ``step`` (a killed run wrote them after its checkpoint, and
+    the resumed run logs those steps again) and a last row the kill cut short (no line end)."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
+    rows = list(csv.reader(lines))
+    if not rows or "step" not in rows[0]:
+        return
+    column = rows[0].index("step")
+    kept = [rows[0], *(row for row in rows[1:] if len(row) > column and _step(row[column]) <= step)]
+    if len(kept) == len(rows) and text.endswith("\n"):
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
+        csv.writer(file, lineterminator="\n").writerows(kept)
+    logger.info("%s: %d rows logged after step %d removed (they are logged again)", path, len(rows) - len(kept), step)
+
+
+def _step(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # not a row of ours
+        return float("inf")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
@@ -271,7 +302,14 @@ class _AppendingCSVWriter(ExperimentWriter):
 
 
 class AppendingCSVLogger(CSVLogger):
-    """A :class:`CSVLogger` whose ``metrics.csv`` survives a resume: new rows and columns are added to it."""
+    """A :class:`CSVLogger` whose ``metrics.csv`` survives a resume: new rows and columns are added to it.
+
+    Rows are written out after every checkpoint, so a killed run loses no row logged before its checkpoint;
+    :func:`fit` removes the rows logged after it when resuming.
+    """
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self.save()
 
     @property
     @rank_zero_experiment

@@ -103,7 +103,8 @@ class TrainTarget(Target):
 
     def result(self, out: Path) -> dict:
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-        return {"metrics": metrics, "predictions": digests(out / "evaluation", ["predictions.tsv"])}
+        curves = (out / "logs" / "metrics.csv").read_text(encoding="utf-8")  # every row once, none lost
+        return {"metrics": metrics, "predictions": digests(out / "evaluation", ["predictions.tsv"]), "curves": curves}
 
 
 class CohortTarget(Target):

@@ -267,6 +267,8 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     torch.testing.assert_close(_train_noisy(tmp_path / "crashed", {"max_epochs": 3}), reference, rtol=0, atol=0)
     metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "crashed")]
     assert metrics[0]["train/loss_epoch"] == metrics[1]["train/loss_epoch"]  # the last epoch's mean, every step in it
+    logs = [(tmp_path / run / "logs" / "metrics.csv").read_text() for run in ("whole", "crashed")]
+    assert logs[0] == logs[1]  # rows logged after the last checkpoint were dropped and logged again
 
     _train_noisy(tmp_path / "epochs", {"max_epochs": 1})
     torch.testing.assert_close(_train_noisy(tmp_path / "epochs", {"max_epochs": 3}), reference, rtol=0, atol=0)

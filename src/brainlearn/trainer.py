@@ -53,6 +53,10 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "devices": 1,
     "num_nodes": 1,
     "strategy": "auto",
+    # batch norm statistics over the global batch when several processes train (a 3D batch per GPU is often 1-4
+    # volumes), so that n processes train as one with the same global batch; auto = on CUDA (torch's SyncBatchNorm
+    # runs on GPUs only)
+    "sync_batchnorm": "auto",
     "precision": "auto",  # see choose_precision
     "seed": 0,
     "deterministic": False,
@@ -98,6 +102,10 @@ def resolve_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, An
     if settings["channels_last"] not in ("auto", True, False):
         raise BrainlearnError(
             f"trainer.channels_last: expected auto, true or false, not {settings['channels_last']!r}."
+        )
+    if settings["sync_batchnorm"] not in ("auto", True, False):
+        raise BrainlearnError(
+            f"trainer.sync_batchnorm: expected auto, true or false, not {settings['sync_batchnorm']!r}."
         )
     if settings["compile"] not in (True, False, *COMPILE_MODES):
         raise BrainlearnError(
@@ -177,6 +185,7 @@ def build_trainer(run_dir: str | os.PathLike, settings: Mapping[str, Any] | None
     return lightning.Trainer(
         **{key: settings[key] for key in keys},
         precision=choose_precision(settings["accelerator"], settings["precision"]),
+        sync_batchnorm=_sync_batchnorm(settings),
         default_root_dir=run_dir,
         logger=[AppendingCSVLogger(run_dir, name="logs", version=""), _tensorboard_logger(run_dir)],
         callbacks=callbacks,
@@ -184,6 +193,16 @@ def build_trainer(run_dir: str | os.PathLike, settings: Mapping[str, Any] | None
         enable_progress_bar=bool(settings["progress_bar"]),
         enable_model_summary=False,
     )
+
+
+def _sync_batchnorm(settings: Mapping[str, Any]) -> bool:
+    if settings["sync_batchnorm"] == "auto":
+        return on_cuda(settings["accelerator"])
+    if settings["sync_batchnorm"] and not on_cuda(settings["accelerator"]):
+        raise BrainlearnError(
+            "trainer.sync_batchnorm: torch's SyncBatchNorm runs on CUDA GPUs only; set it to false or auto on the CPU."
+        )
+    return bool(settings["sync_batchnorm"])
 
 
 def _tensorboard_logger(run_dir: Path) -> TensorBoardLogger:

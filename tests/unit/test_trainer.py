@@ -292,17 +292,30 @@ if __name__ == "__main__":
 """
 
 
+def _labelled_items(count: int, seed: int) -> list[dict]:
+    """Tiny 2×2×2 "images" whose label is the sign of a fixed projection, with some label noise."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(count, 1, 2, 2, 2, generator=generator)
+    labels = ((images.flatten(1) @ torch.linspace(-1, 1, 8) + 0.5 * torch.randn(count, generator=generator)) > 0).long()
+    return [{"image": image, "label": label} for image, label in zip(images, labels, strict=True)]
+
+
 def equal_batch_run(run_dir: str, *, devices: int, batch_size: int) -> torch.Tensor | None:
-    """TinyRegression for 2 shuffled epochs on ``devices`` CPU processes; rank 0's final weights."""
+    """A linear classifier for 2 shuffled epochs on ``devices`` CPU processes; rank 0's final weights.
+
+    Validation (16 items, 8 per process under DDP) is gathered from every process before its metrics.
+    """
     from brainlearn.data.loaders import make_loader as brainlearn_loader
+    from brainlearn.methods.supervised import ClassifierModule
 
     torch.manual_seed(0)
-    module = TinyRegression(lr=0.05)
-    loader = brainlearn_loader(
-        make_loader().dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
-    )
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    module = ClassifierModule(network, ("CN", "AD"), lr=0.05, lr_decay=1.0)
+    generator = torch.Generator().manual_seed(0)
+    train = brainlearn_loader(_labelled_items(64, 1), batch_size=batch_size, shuffle=True, generator=generator)
+    val = brainlearn_loader(_labelled_items(16, 2), batch_size=4)
     settings = {**QUIET, "max_epochs": 2, "devices": devices, "strategy": "ddp" if devices > 1 else "auto"}
-    trainer = fit(module, run_dir, settings, train_dataloaders=loader)
+    trainer = fit(module, run_dir, settings, train_dataloaders=train, val_dataloaders=val)
     return torch.cat([p.detach().flatten() for p in module.parameters()]) if trainer.is_global_zero else None
 
 
@@ -320,5 +333,7 @@ def test_two_ddp_processes_train_as_one_with_the_same_global_batch(tmp_path):
     one = equal_batch_run(str(tmp_path / "one"), devices=1, batch_size=8)
     two = torch.load(out, weights_only=True)
     torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
-    steps = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["global_step"]
-    assert steps == json.loads((tmp_path / "one" / "metrics.json").read_text())["global_step"] == 16
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("ddp", "one")]
+    assert metrics[0]["global_step"] == metrics[1]["global_step"] == 16
+    for name in ("val/loss", "val/auroc", "val/balanced_accuracy"):  # over all 16 validation items in both
+        assert metrics[0][name] == pytest.approx(metrics[1][name], rel=1e-5), name

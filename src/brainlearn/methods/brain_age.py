@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from brainlearn.fast import adam
 from brainlearn.losses import brain_age_loss
+from brainlearn.methods.gather import gather_rows
 from brainlearn.models.networks import logits_of
 
 
@@ -70,8 +71,8 @@ class BrainAgeModule(lightning.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        predicted = torch.cat([item[0] for item in self._val])
-        age = torch.cat([item[1] for item in self._val])
+        predicted = gather_rows(self, torch.cat([item[0] for item in self._val]))
+        age = gather_rows(self, torch.cat([item[1] for item in self._val]))
         self._val.clear()
         self.log("val/mae", (predicted - age).abs().mean(), prog_bar=True)
         self.log("val/loss", ((predicted - age) / self.age_std.cpu()).pow(2).mean())

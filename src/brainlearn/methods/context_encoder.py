@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from brainlearn.errors import BrainlearnError
 from brainlearn.fast import adam
+from brainlearn.methods.gather import gather_rows
 from brainlearn.models.segmenters import build_segmenter
 
 # Ordered-dither (Bayer) matrix: thresholding it at 16·f masks a fraction f of the cells, spread evenly; at f = 0.5
@@ -209,7 +210,7 @@ class ContextEncoderModule(lightning.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        error, count = np.asarray(self._val).sum(axis=0)
+        error, count = gather_rows(self, np.asarray(self._val)).numpy().sum(axis=0)
         self._val.clear()
         self.log("val/l1", error / max(count, 1.0), prog_bar=True)
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from brainlearn.errors import BrainlearnError
 from brainlearn.fast import adam
 from brainlearn.methods.context_encoder import mask_seed, masked_l1
+from brainlearn.methods.gather import gather_rows
 from brainlearn.metrics_generation import MS_SSIM_WEIGHTS
 from brainlearn.models.segmenters import build_segmenter
 
@@ -183,7 +184,7 @@ class InpaintingModule(lightning.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        error, count, similarity, images = np.asarray(self._val).sum(axis=0)
+        error, count, similarity, images = gather_rows(self, np.asarray(self._val)).numpy().sum(axis=0)
         self._val.clear()
         self.log("val/l1", error / max(count, 1.0), prog_bar=True)
         self.log("val/ms_ssim", similarity / images)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from brainlearn.fast import adam
 from brainlearn.losses import segmentation_loss
+from brainlearn.methods.gather import gather_rows
 from brainlearn.models.segmenters import encoder_of
 
 
@@ -76,7 +77,7 @@ class SegmentModule(lightning.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        values = np.asarray(self._val)
+        values = gather_rows(self, np.asarray(self._val)).numpy()
         self._val.clear()
         self.log("val/loss", values[:, 0].sum() / max(values[:, 3].sum(), 1), prog_bar=True)  # mean per image
         total = values[:, 2].sum()

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from brainlearn.fast import adam
+from brainlearn.methods.gather import gather_rows
 from brainlearn.models.networks import logits_of
 
 
@@ -72,8 +73,8 @@ class ClassifierModule(lightning.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        logits = torch.cat([item[0] for item in self._val])
-        labels = torch.cat([item[1] for item in self._val])
+        logits = gather_rows(self, torch.cat([item[0] for item in self._val]))
+        labels = gather_rows(self, torch.cat([item[1] for item in self._val]))
         self._val.clear()
         self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True)
         probabilities = logits.softmax(dim=1).numpy()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, mmap:
     path = Path(path)
     if not path.is_file():
         raise BrainlearnError(f"{path}: checkpoint not found. Check the run folder or train first.")
+    _check_records(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
@@ -100,6 +102,24 @@ def load_module_weights(module: torch.nn.Module, path: str | os.PathLike, prefix
         raise BrainlearnError(f"{path}: its {prefix} is not this network's: {'; '.join(problems[:3])}{more}. {hint}")
     module.load_state_dict(weights)
     return len(own)
+
+
+def _check_records(path: Path) -> None:
+    """Check the CRC-32 of every record of a zip checkpoint (all that torch.save writes since PyTorch 1.6).
+
+    torch.load does not check them: a damaged tensor record loads silently with wrong values. The check reads
+    the file once. Files that are not zip archives (PyTorch's legacy format) are left to torch.load.
+    """
+    try:
+        if not zipfile.is_zipfile(path):  # it raises BadZipFile for some damaged end records
+            return
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    # RuntimeError: a record flagged as encrypted; NotImplementedError: an unknown compression method
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as error:
+        raise _corrupt_error(path, error) from error
+    if damaged is not None:
+        raise _corrupt_error(path, zipfile.BadZipFile(f"record {damaged} fails its CRC-32 check"))
 
 
 def _load_error(path: Path, error: pickle.UnpicklingError) -> BrainlearnError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +18,12 @@ from typing import Any
 
 import yaml
 
-from brainlearn.errors import BrainlearnError
+from brainlearn.errors import BrainlearnError, quoted
+
+# libyaml's safe loader where PyYAML has it: PyYAML's own scanner takes time quadratic in the nesting depth of
+# [ and { (seconds for a few hundred levels); both build Python values with the same safe constructor.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_DEPTH = 50  # levels of nested sections and lists a config may have
 
 
 def load_config(
@@ -69,7 +75,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise BrainlearnError(f"{path}: cannot read the config file ({error}).") from error
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load(text, str(path))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -89,10 +95,41 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise BrainlearnError(f"override {item!r}: expected key=value, for example trainer.max_epochs=5.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _safe_load(raw, f"override {item!r}") if raw.strip() else None
     except yaml.YAMLError as error:
         raise BrainlearnError(f"override {item!r}: the value is not valid YAML ({error}).") from error
     return key, value
+
+
+def _safe_load(text: str, where: str) -> Any:
+    """``yaml.safe_load`` (libyaml's when installed), its other failures made a :class:`BrainlearnError` naming
+    ``where``: nesting deeper than :data:`MAX_DEPTH` (PyYAML and the merge recurse), integers of more than 4,300
+    digits (which Python refuses to convert) and impossible dates (2001-13-45)."""
+    try:
+        value = yaml.load(text, Loader=_LOADER)  # a safe loader: plain values only
+    except RecursionError:
+        raise BrainlearnError(
+            f"{where}: values nested too deeply to read; a config nests a few levels of keys and lists."
+        ) from None
+    except ValueError as error:
+        raise BrainlearnError(f"{where}: a value cannot be read ({error}). Correct it, or quote it as text.") from None
+    if _depth_over(value, MAX_DEPTH):  # merging and copying a config recurse into it
+        raise BrainlearnError(
+            f"{where}: values nested more than {MAX_DEPTH} levels deep; a config nests a few levels of keys and lists."
+        )
+    return value
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether dicts and lists nest more than ``limit`` levels in ``value``, found level by level without
+    recursion; a container shared through YAML aliases is visited once per level."""
+    level = [value]
+    for _ in range(limit + 1):
+        containers = {id(item): item for item in level if isinstance(item, dict | list)}
+        if not containers:
+            return False
+        level = [child for item in containers.values() for child in (item.values() if isinstance(item, dict) else item)]
+    return True
 
 
 def dump_config(config: Mapping[str, Any]) -> str:
@@ -124,7 +161,9 @@ def _merge(config: dict, new: Mapping, *, source: str, free: set[str] = frozense
             raise BrainlearnError(f"{source}: unknown key {dotted!r}.{_suggest(dotted, config, prefix)}")
         if isinstance(config[key], dict):
             if not isinstance(value, Mapping):
-                raise BrainlearnError(f"{source}: {dotted!r} is a section, expected keys under it, got {value!r}.")
+                raise BrainlearnError(
+                    f"{source}: {dotted!r} is a section, expected keys under it, got {quoted(value)}."
+                )
             if dotted in free:  # passed on as given; the component that takes them checks them
                 config[key] = {**config[key], **copy.deepcopy(dict(value))}
                 continue
@@ -147,8 +186,10 @@ def _checked(key: str, default: Any, value: Any, source: str) -> Any:
             return int(value)
     elif isinstance(default, float):
         number = _as_float(value)
-        if number is not None:
+        if number is not None and math.isfinite(number):
             return number
+        if number is not None:
+            raise BrainlearnError(f"{source}: {key!r} must be a finite number, got {quoted(value)}.")
     elif isinstance(default, str):
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
@@ -159,7 +200,9 @@ def _checked(key: str, default: Any, value: Any, source: str) -> Any:
             return [part.strip() for part in value.split(",") if part.strip()]
     else:
         return value
-    raise BrainlearnError(f"{source}: {key!r} must be {_type_name(default)}, got {value!r} ({_type_name(value)}).")
+    raise BrainlearnError(
+        f"{source}: {key!r} must be {_type_name(default)}, got {quoted(value)} ({_type_name(value)})."
+    )
 
 
 def _as_float(value: Any) -> float | None:

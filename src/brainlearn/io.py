@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 
 import nibabel as nib
 import numpy as np
@@ -79,12 +81,15 @@ def read_image(
     path = Path(path)
     img = _load(path)
     _check_size(path, img.shape)
+    declared = _declared_bytes(path, img)
     if path.name.endswith(".nii.gz"):
-        img = _verified_gzip(path, img)
+        img = _verified_gzip(path, img, declared)
+    elif path.suffix == ".nii":
+        _check_file_size(path, declared)
     affine = _checked_affine(path, img.affine)
     data = _read_data(path, img, volume)
     if canonical:
-        data, affine = _to_canonical(data, affine)
+        data, affine = _to_canonical(path, data, affine)
     _check_values(path, data, allow_nonfinite=allow_nonfinite, allow_empty=allow_empty)
     return Image(array=data, affine=affine, path=path)
 
@@ -185,9 +190,16 @@ def check_same_grid(image: Image, other: Image, *, atol: float = 1e-3) -> None:
 
 
 def header_shape(path: str | os.PathLike) -> tuple[int, ...]:
-    """The array shape an image file declares, read from its header alone (no voxel data)."""
+    """The array shape an image file declares, read from its header alone (no voxel data).
+
+    Raises:
+        BrainlearnError: if the file is not an image, or declares fewer than 3 dimensions, an empty shape or more
+            than :data:`MAX_VOXELS` voxels (a corrupt header), so that nothing is allocated for it.
+    """
     path = Path(path)
-    return tuple(int(n) for n in _load(path).shape)
+    shape = tuple(int(n) for n in _load(path).shape)
+    _check_size(path, shape)
+    return shape
 
 
 def _load(path: Path) -> nib.spatialimages.SpatialImage | _NpyImage:
@@ -197,6 +209,8 @@ def _load(path: Path) -> nib.spatialimages.SpatialImage | _NpyImage:
         raise BrainlearnError(f"{path}: is a folder, expected an image file (.nii or .nii.gz).")
     if path.suffix == ".npy":
         return _NpyImage(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_extensions(path)
     try:
         return nib.load(path)
     except (ImageFileError, nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError) as error:
@@ -205,29 +219,115 @@ def _load(path: Path) -> nib.spatialimages.SpatialImage | _NpyImage:
             f"{path}: not a NIfTI image or another format nibabel reads ({error}). "
             "Convert scanner formats first (e.g. DICOM with dcm2niix)."
         ) from error
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as error:
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError, OverflowError) as error:
+        # OverflowError: an infinite or huge vox_offset
         raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
 
 
-def _verified_gzip(path: Path, img):
+def _check_extensions(path: Path) -> None:
+    """Refuse a NIfTI header extension longer than the rest of the file, before nibabel reads it.
+
+    nibabel reads each extension in one ``read(esize)``, which allocates ``esize`` bytes before reading: a damaged
+    size field (up to 2 GiB) would be allocated for a file of a few kB. This walks the extensions as nibabel does,
+    reading them in chunks; other damage is left for nibabel to report.
+    """
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as stream:
+            start = stream.read(4)
+            kinds = [(kind, order) for kind in (nib.nifti1, nib.nifti2) for order in "<>"]
+            found = [(k, o) for k, o in kinds if start == struct.pack(f"{o}i", k.header_dtype.itemsize)]
+            if not found:
+                return  # not NIfTI-1 or -2
+            kind, order = found[0]
+            size = kind.header_dtype.itemsize
+            header = start + stream.read(size)  # the header and the 4 bytes that flag extensions
+            if len(header) < size + 4 or header[size] == 0:
+                return
+            offset = np.frombuffer(header[:size], kind.header_dtype.newbyteorder(order))["vox_offset"][0]
+            left = float(offset) - (size + 4)  # NaN: nibabel reads none; negative: up to the end of the file
+            while left >= 16 or left < 0:
+                head = stream.read(8)
+                esize = struct.unpack(f"{order}i", head[:4])[0] if len(head) == 8 else 0
+                if esize <= 8:
+                    return  # the end of the extensions (or damage that nibabel reports)
+                if _skip(stream, esize - 8) < esize - 8:
+                    raise BrainlearnError(
+                        f"{path}: a NIfTI header extension declares {esize:,} bytes, more than the file holds; the "
+                        "header is corrupt. Re-export the image."
+                    )
+                left -= esize
+    except (EOFError, OSError, zlib.error):
+        return  # a damaged file: nibabel reports it
+
+
+def _skip(stream, n: int) -> int:
+    """Read and drop up to ``n`` bytes in chunks of at most 1 MiB; the number of bytes there were."""
+    done = 0
+    while done < n and (chunk := stream.read(min(2**20, n - done))):
+        done += len(chunk)
+    return done
+
+
+def _declared_bytes(path: Path, img) -> int | None:
+    """Bytes from the file's start to the end of its voxels, as the header declares them (None: it does not say).
+
+    Checked before any voxel is read: a corrupt header can declare a voxel type brainlearn cannot read or an
+    offset far past the end of the file.
+    """
+    header = getattr(img, "header", None)
+    if not hasattr(header, "get_data_offset"):  # .npy (numpy checks its own layout), MINC
+        return None
+    dtype = header.get_data_dtype()
+    if dtype.kind not in "iuf":
+        raise BrainlearnError(
+            f"{path}: the voxels are of type {dtype} (complex, RGB or unknown), brainlearn reads integer or real "
+            "values. Convert the image to one real value per voxel (e.g. float32) first."
+        )
+    try:  # where nibabel reads from: the header's vox_offset as written (the header it shows may be "fixed")
+        offset = float(getattr(img.dataobj, "offset", None) or header.get_data_offset())
+    except (OverflowError, ValueError):  # an infinite or NaN vox_offset
+        offset = float("nan")
+    if not np.isfinite(offset) or not 0 <= offset <= 2**40:
+        raise BrainlearnError(
+            f"{path}: the header's data offset (vox_offset) is {offset:g}; the header is corrupt. Re-export the image."
+        )
+    return int(offset) + int(np.prod(img.shape)) * dtype.itemsize
+
+
+def _check_file_size(path: Path, declared: int | None) -> None:
+    """An uncompressed file must hold the voxels its header declares (else numpy maps past its end)."""
+    size = path.stat().st_size
+    if declared is not None and size < declared:
+        raise BrainlearnError(
+            f"{path}: the file is truncated or corrupt: its header declares {declared:,} bytes of header and voxels, "
+            f"the file holds {size:,}. Re-export it."
+        )
+
+
+def _verified_gzip(path: Path, img, declared: int):
     """Decompress a ``.nii.gz`` to its end so its CRC is checked, then parse it from memory.
 
     nibabel stops reading once it has the voxels, so a damaged deflate stream can otherwise yield wrong values
-    without any error. The header (already checked for size) bounds how much is decompressed.
+    without any error. The header (already checked for size) bounds how much is decompressed, and the stream is
+    read in chunks: memory grows with what the file really holds, never with what a corrupt header claims.
     """
-    header = img.header
-    expected = int(header.get_data_offset()) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
-    limit = expected + 2**20  # NIfTI extensions and padding
+    limit = declared + 2**20  # NIfTI extensions and padding
+    data = bytearray()
     try:
         with gzip.open(path, "rb") as stream:
-            data = stream.read(limit)
-            trailing = stream.read(1)
+            while len(data) <= limit and (chunk := stream.read(min(2**24, limit + 1 - len(data)))):
+                data += chunk
     except (EOFError, OSError, zlib.error) as error:
         raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
-    if trailing:
-        raise BrainlearnError(f"{path}: holds more data than its header declares ({expected:,} bytes); corrupt.")
+    if len(data) > limit:
+        raise BrainlearnError(f"{path}: holds more data than its header declares ({declared:,} bytes); corrupt.")
+    if len(data) < declared:
+        raise BrainlearnError(
+            f"{path}: the file is truncated or corrupt: its header declares {declared:,} bytes of header and voxels, "
+            f"the file holds {len(data):,} once decompressed. Re-export it."
+        )
     try:
-        return type(img).from_bytes(data)
+        return type(img).from_bytes(bytes(data))
     except (ImageFileError, nib.spatialimages.HeaderDataError, ValueError) as error:
         raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}). Re-export it.") from error
 
@@ -256,10 +356,10 @@ class _NpyImage:
             raise BrainlearnError(
                 f"{path}: not a plain numeric .npy array ({_reason(error)}); brainlearn never loads pickled objects."
             ) from error
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, SyntaxError, TokenError, TypeError) as error:  # a mangled header dictionary
             raise BrainlearnError(f"{path}: the file is truncated or corrupt ({_reason(error)}).") from error
-        if not np.issubdtype(self.dataobj.dtype, np.number):
-            raise BrainlearnError(f"{path}: holds {self.dataobj.dtype} values, expected numbers.")
+        if self.dataobj.dtype.kind not in "iuf":
+            raise BrainlearnError(f"{path}: holds {self.dataobj.dtype} values, expected integer or real numbers.")
         self.shape = self.dataobj.shape
         self.affine = NPY_AFFINE
 
@@ -268,7 +368,7 @@ class _NpyImage:
 
 
 def _check_size(path: Path, shape: tuple[int, ...]) -> None:
-    if len(shape) < 3 and not (len(shape) == 0):
+    if len(shape) < 3:
         raise BrainlearnError(f"{path}: expected a 3D image, got shape {tuple(shape)} ({len(shape)}D).")
     if any(n <= 0 for n in shape):
         raise BrainlearnError(f"{path}: the image is empty (shape {tuple(shape)}).")
@@ -281,7 +381,10 @@ def _check_size(path: Path, shape: tuple[int, ...]) -> None:
 
 def _checked_affine(path: Path, affine: np.ndarray | None) -> np.ndarray:
     affine = np.asarray(affine if affine is not None else np.eye(4), dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+    with np.errstate(over="ignore", invalid="ignore"):  # huge entries overflow the determinant or the inverse
+        det = np.linalg.det(affine[:3, :3]) if np.all(np.isfinite(affine)) else np.nan
+        invertible = np.isfinite(det) and abs(det) >= 1e-6 and np.all(np.isfinite(np.linalg.inv(affine)))
+    if not invertible:
         raise BrainlearnError(
             f"{path}: the affine (voxel-to-world matrix) is not invertible:\n{np.array2string(affine, precision=3)}\n"
             "Fix the header's sform/qform (e.g. fslorient or nibabel) before using this image."
@@ -307,11 +410,18 @@ def _read_data(path: Path, img, volume: int | None) -> np.ndarray:
     return np.ascontiguousarray(data.reshape(shape[:3]))
 
 
-def _to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ornt = nib.orientations.io_orientation(affine)
-    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
-        return data, affine
-    affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)  # needs the shape before reorienting
+def _to_canonical(path: Path, data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        ornt = nib.orientations.io_orientation(affine)
+        if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+            return data, affine
+        affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)  # needs the shape before reorienting
+    except nib.orientations.OrientationError as error:  # an axis 1e30 times shorter than another has no direction
+        raise BrainlearnError(
+            f"{path}: the affine gives no orientation to every axis ({error}):\n"
+            f"{np.array2string(affine, precision=3)}\nFix the header's sform/qform (e.g. fslorient or nibabel) "
+            "before using this image."
+        ) from error
     return np.ascontiguousarray(nib.orientations.apply_orientation(data, ornt)), affine
 
 

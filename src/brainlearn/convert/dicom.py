@@ -8,7 +8,11 @@ included. Files ending in ``.dcm.gz`` (as some archives and nibabel's test data 
 from __future__ import annotations
 
 import gzip
+import io
+import os
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,23 @@ from brainlearn.convert.anonymity import IDENTIFYING_KEYWORDS, identifying_value
 # Suffixes that mark a file as DICOM even without the 'DICM' preamble (it is then read with force=True).
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom", ".dcm.gz")
 _DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"  # a DICOMDIR, an index of files rather than an image
-_READ_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError, AssertionError)
+# What pydicom raises for a damaged file (NotImplementedError: an unknown value representation; struct.error: a
+# length field cut short; zlib.error: a damaged .gz; gzip.BadGzipFile is an OSError).
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    AssertionError,
+    NotImplementedError,
+    struct.error,
+    zlib.error,
+)
+# A .dcm.gz is decompressed up to this size; the header, all that is read, comes before the pixels.
+MAX_GZIP_BYTES = 256 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -56,21 +76,47 @@ class Series:
 def read_header(path: Path) -> Header | None:
     """The header of ``path``, or None when it is not a DICOM image file (or not readable as one)."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
-    name = path.name.lower()
-    force = name.endswith(DICOM_SUFFIXES)
+    force = path.name.lower().endswith(DICOM_SUFFIXES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's warnings quote header values
         try:
-            if name.endswith(".gz"):
-                with gzip.open(path, "rb") as stream:
-                    dataset = pydicom.dcmread(stream, stop_before_pixels=True, force=force)
-            else:
-                dataset = pydicom.dcmread(path, stop_before_pixels=True, force=force)
-            return _header(path, dataset)
-        except (InvalidDicomError, gzip.BadGzipFile, *_READ_ERRORS):
+            with _open(path) as stream:
+                return _header(path, pydicom.dcmread(stream, stop_before_pixels=True, force=force))
+        except (InvalidDicomError, BytesLengthException, *_READ_ERRORS):
             return None
+
+
+class _BoundedFile(io.BufferedReader):
+    """A file that refuses a read of more than what is left of it (EOFError) instead of allocating it.
+
+    pydicom reads an element in one ``read(length)``, and a buffered read allocates ``length`` bytes before
+    reading: a corrupt length (up to 4 GiB) would be allocated for a file of a few kB, and the short read that
+    follows would go unnoticed (the rest of the file read as one value).
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(io.FileIO(path))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(self._size - self.tell(), 0)
+        if size is not None and size > left > 0:
+            raise EOFError(f"{size:,} bytes asked for, {left:,} left in the file")
+        return super().read(size)
+
+
+def _open(path: Path) -> io.BufferedIOBase:
+    """``path`` for pydicom: a ``.gz`` is decompressed into memory in chunks (at most :data:`MAX_GZIP_BYTES`, the
+    header comes first), other files are read through :class:`_BoundedFile`."""
+    if not path.name.lower().endswith(".gz"):
+        return _BoundedFile(path)
+    data = bytearray()
+    with gzip.open(path, "rb") as stream:
+        while len(data) < MAX_GZIP_BYTES and (chunk := stream.read(min(2**20, MAX_GZIP_BYTES - len(data)))):
+            data += chunk
+    return io.BytesIO(bytes(data))
 
 
 def group_series(headers: list[Header]) -> list[Series]:

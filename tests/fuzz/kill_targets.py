@@ -19,7 +19,7 @@ class Target:
     """A command to kill: ``argv(out)``, the comparable ``result(out)``, and an uninterrupted ``reference()``."""
 
     def __init__(self, root: Path):
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # commands run with it as their working folder
         self.root.mkdir(parents=True, exist_ok=True)
 
     def fresh_out(self, run: int) -> Path:

@@ -124,7 +124,11 @@ def _images(participant_id: str, session_id: str, folder: Path) -> dict[str, str
     record = {"participant_id": participant_id, "session_id": session_id}
     for column, (datatype, suffix) in MODALITIES.items():
         endings = (f"{suffix}.nii", f"{suffix}.nii.gz")
-        matches = sorted(path for path in (folder / datatype).glob(f"*{suffix}.nii*") if path.name.endswith(endings))
+        matches = sorted(
+            path
+            for path in (folder / datatype).glob(f"*{suffix}.nii*")
+            if path.name.endswith(endings) and not path.name.startswith(".")  # hidden: e.g. an unfinished write
+        )
         if len(matches) > 1:
             logger.warning(
                 "%s: %d %s images; using %s and ignoring %s.",

@@ -125,3 +125,11 @@ def test_malformed_participants_tsv(bids: Path):
     (bids / "participants.tsv").write_text("participant_id\tdiagnosis\nsub-01\tCN\nsub-01\tAD\n")
     with pytest.raises(BrainlearnError, match=r"row 2 \(participant_id sub-01\) repeats row 1"):
         read_bids(bids)
+
+
+def test_hidden_files_such_as_an_unfinished_write_are_not_images(bids: Path, caplog: pytest.LogCaptureFixture):
+    t1 = Path(read_bids(bids).loc[0, "t1"])
+    (t1.parent / f".partial-99999-{t1.name}").write_bytes(b"half a file")
+    with caplog.at_level(logging.WARNING, logger="brainlearn.data.bids"):
+        table = read_bids(bids)
+    assert table.loc[0, "t1"] == str(t1) and ".partial-" not in caplog.text

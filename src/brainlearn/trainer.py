@@ -187,7 +187,10 @@ def build_trainer(run_dir: str | os.PathLike, settings: Mapping[str, Any] | None
         precision=choose_precision(settings["accelerator"], settings["precision"]),
         sync_batchnorm=_sync_batchnorm(settings),
         default_root_dir=run_dir,
-        logger=[AppendingCSVLogger(run_dir, name="logs", version=""), _tensorboard_logger(run_dir)],
+        logger=[
+            AppendingCSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=1),
+            _tensorboard_logger(run_dir),
+        ],
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=bool(settings["progress_bar"]),
@@ -323,12 +326,10 @@ class _AppendingCSVWriter(ExperimentWriter):
 class AppendingCSVLogger(CSVLogger):
     """A :class:`CSVLogger` whose ``metrics.csv`` survives a resume: new rows and columns are added to it.
 
-    Rows are written out after every checkpoint, so a killed run loses no row logged before its checkpoint;
-    :func:`fit` removes the rows logged after it when resuming.
+    :func:`build_trainer` has it write rows out as they are logged (a few per ``log_every_n_steps`` and per
+    epoch), so a killed run loses none (a resume does not log again the epoch-end rows of an epoch it closed), and
+    :func:`fit` removes the rows logged after the checkpoint it resumes from.
     """
-
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        self.save()
 
     @property
     @rank_zero_experiment

@@ -167,6 +167,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location)
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """``every_n_train_steps`` checkpoints, except after an epoch's last batch (the epoch-end one follows).
+
+    Lightning resumes from a checkpoint written after an epoch's last batch at the next epoch, so the epoch's
+    validation and epoch-end logging would never run: a kill between that checkpoint and the epoch-end one would
+    change the curves and possibly the best checkpoint.
+    """
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 def checkpoint_callbacks(
     folder: Path, *, every_n_steps: int | None, monitor: str | None, mode: str
 ) -> list[ModelCheckpoint]:
@@ -180,7 +194,7 @@ def checkpoint_callbacks(
     last = {"dirpath": folder, "filename": LAST_NAME, "save_top_k": 1, "enable_version_counter": False}
     callbacks = [ModelCheckpoint(**last, save_on_train_epoch_end=True)]
     if every_n_steps is not None:
-        callbacks.append(ModelCheckpoint(**last, every_n_train_steps=every_n_steps))
+        callbacks.append(StepCheckpoint(**last, every_n_train_steps=every_n_steps))
     if monitor is not None:
         best = ModelCheckpoint(
             dirpath=folder,
